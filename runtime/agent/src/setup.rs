@@ -1,0 +1,83 @@
+//! Assembling the root filesystem commands run in: a read-only lower layer, a writable
+//! upper layer, overlayfs on top, and the pseudo-filesystems and /etc files a process expects.
+
+use crate::sys::{self, mount};
+use smolvm_protocol::{Lower, Setup, Upper};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where the built-in busybox userland lives in the initramfs.
+const BARE_ROOT: &str = "/rootfs";
+const LOWER: &str = "/smolvm/lower";
+const UPPER: &str = "/smolvm/upper";
+/// The root commands run in.
+pub const ROOT: &str = "/smolvm/root";
+
+pub fn apply(setup: &Setup) -> Result<PathBuf, String> {
+    crate::init::set_hostname(&setup.hostname);
+    let lower = match &setup.lower {
+        Lower::Bare => PathBuf::from(BARE_ROOT),
+        Lower::Block { device, fstype } => {
+            wait_for_device(Path::new(device), Duration::from_secs(10))?;
+            mount(device, Path::new(LOWER), fstype, libc::MS_RDONLY, "").map_err(|e| e.to_string())?;
+            PathBuf::from(LOWER)
+        }
+    };
+    match setup.upper {
+        Upper::Tmpfs => mount("tmpfs", Path::new(UPPER), "tmpfs", 0, "mode=0755").map_err(|e| e.to_string())?,
+    }
+    let (data, work) = (Path::new(UPPER).join("data"), Path::new(UPPER).join("work"));
+    for d in [&data, &work] {
+        std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
+    }
+    let root = PathBuf::from(ROOT);
+    let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), data.display(), work.display());
+    mount("overlay", &root, "overlay", 0, &opts).map_err(|e| e.to_string())?;
+    inner_mounts(&root).map_err(|e| e.to_string())?;
+    write_etc(&root, &setup.hostname).map_err(|e| format!("writing /etc files: {e}"))?;
+    std::fs::create_dir_all(root.join("workspace")).map_err(|e| format!("create /workspace: {e}"))?;
+    Ok(root)
+}
+
+fn inner_mounts(root: &Path) -> std::io::Result<()> {
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount("proc", &root.join("proc"), "proc", flags, "")?;
+    mount("sysfs", &root.join("sys"), "sysfs", flags, "")?;
+    mount("cgroup2", &root.join("sys/fs/cgroup"), "cgroup2", flags, "nsdelegate")?;
+    sys::bind(Path::new("/dev"), &root.join("dev"), true)?;
+    mount("tmpfs", &root.join("run"), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=0755")?;
+    Ok(())
+}
+
+fn write_etc(root: &Path, hostname: &str) -> std::io::Result<()> {
+    let etc = root.join("etc");
+    std::fs::create_dir_all(&etc)?;
+    let files = [
+        ("hostname", format!("{hostname}\n")),
+        (
+            "hosts",
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
+        ),
+        ("resolv.conf", "# This VM has no network (smolvm runs VMs without one unless --net is given).\n".into()),
+    ];
+    for (name, content) in files {
+        let path = etc.join(name);
+        // Images often make these symlinks into /run; replace them with real files.
+        if path.symlink_metadata().map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+            std::fs::remove_file(&path)?;
+        }
+        std::fs::write(&path, content)?;
+    }
+    Ok(())
+}
+
+fn wait_for_device(dev: &Path, limit: Duration) -> Result<(), String> {
+    let start = Instant::now();
+    while !dev.exists() {
+        if start.elapsed() > limit {
+            return Err(format!("block device {} did not appear within {limit:?}", dev.display()));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}

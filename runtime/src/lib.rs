@@ -1,0 +1,24 @@
+//! smolvm's VM runtime: the backends that run microVMs (libkrun, QEMU), the guest assets
+//! they boot, and the host side of the agent protocol.
+//!
+//! ```text
+//! Vm::boot(spec) ── backend::select ── VMM process (qemu / `smolvm __vmm-krun`)
+//!       │                                  │ virtio-serial / vsock
+//!       └── AgentClient ◄──── unix socket ─┘────► guest agent (PID 1)
+//! ```
+
+pub mod agent;
+pub mod assets;
+pub mod attach;
+pub mod backend;
+pub mod run;
+pub mod rundir;
+pub mod terminal;
+pub mod trace;
+pub mod virt;
+pub mod vm;
+
+pub use agent::{AgentClient, AgentError};
+pub use assets::GuestAssets;
+pub use backend::{BackendKind, Disk};
+pub use vm::{Vm, VmError, VmSpec};

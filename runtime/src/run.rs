@@ -1,0 +1,40 @@
+//! An ephemeral run: boot, set up the root, run one command attached to our stdio, power off.
+
+use crate::attach::{Outcome, attach};
+use crate::trace;
+use crate::vm::{Vm, VmError, VmSpec};
+use smolvm_protocol::{Exec, Setup};
+use std::time::Duration;
+
+pub struct RunRequest {
+    pub vm: VmSpec,
+    pub setup: Setup,
+    pub exec: Exec,
+    /// Forward our stdin to the command.
+    pub stdin: bool,
+}
+
+/// Extra time the host grants beyond `--timeout` before it stops waiting for the agent.
+const TIMEOUT_GRACE: Duration = Duration::from_secs(10);
+
+pub async fn run_ephemeral(req: RunRequest) -> Result<Outcome, VmError> {
+    let mut vm = Vm::boot(&req.vm).await?;
+    vm.agent().setup(req.setup).await?;
+    trace::mark("root filesystem ready");
+    let tty = req.exec.tty.is_some();
+    let guard = req.exec.timeout_ms.map(|ms| Duration::from_millis(ms) + TIMEOUT_GRACE);
+    let stream = vm.agent().exec(req.exec)?;
+    let attached = attach(stream, req.stdin, tty);
+    let outcome = match guard {
+        Some(limit) => tokio::time::timeout(limit, attached)
+            .await
+            .unwrap_or_else(|_| Outcome::Lost("the guest did not end the command after its timeout".into())),
+        None => attached.await,
+    };
+    let outcome = match outcome {
+        Outcome::Lost(reason) => Outcome::Lost(format!("{reason}: {}", vm.failure_report().await)),
+        o => o,
+    };
+    vm.shutdown().await;
+    Ok(outcome)
+}

@@ -1,0 +1,66 @@
+//! Command-line definitions. Flags follow the habits of docker and of the reference smolvm
+//! (`-I/--image`, `-n/--name`, `-e/--env`, `-w/--workdir`, `-i`, `-t`, ...).
+
+use crate::machine;
+use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
+
+#[derive(Parser)]
+#[command(
+    name = "smolvm",
+    about = "Run commands and whole machines in hardware-isolated Linux microVMs",
+    disable_version_flag = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// Print the version and the VM backends usable on this host
+    #[arg(short = 'V', long)]
+    version: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run and manage microVMs
+    #[command(subcommand)]
+    Machine(machine::MachineCommand),
+    /// Print a shell completion script (e.g. `smolvm completions bash > /etc/bash_completion.d/smolvm`)
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+/// Runs the command; returns the process exit status.
+pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    if cli.version {
+        print_version();
+        return Ok(0);
+    }
+    match cli.command {
+        Some(Command::Machine(m)) => machine::dispatch(m),
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut Cli::command(), "smolvm", &mut std::io::stdout());
+            Ok(0)
+        }
+        None => {
+            Cli::command().print_help()?;
+            Ok(2)
+        }
+    }
+}
+
+fn print_version() {
+    println!("smolvm {}", env!("CARGO_PKG_VERSION"));
+    let backends = smolvm_runtime::backend::available();
+    if backends.is_empty() {
+        match smolvm_runtime::backend::select(smolvm_runtime::BackendKind::Auto) {
+            Err(e) => println!("backends: none usable on this host\n{e}"),
+            Ok(b) => println!("backends: {}", b.describe()),
+        }
+    } else {
+        println!("backends: {}", backends.join(", "));
+    }
+}
