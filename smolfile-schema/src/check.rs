@@ -290,7 +290,7 @@ impl Checker<'_> {
         if let Some(near) = suggest::closest(key, same_kind()) {
             message += &format!("; did you mean {:?}?", show(near));
         } else if let Some(elsewhere) = locate(table, key) {
-            message += &format!("; did you mean {elsewhere:?}?");
+            message += &format!("; did you mean {elsewhere}?");
         } else {
             message += &format!(
                 "; expected one of: {}",
@@ -486,15 +486,15 @@ impl Checker<'_> {
 }
 
 /// Where `key` belongs when it is not in `table` but in another one (`ports` written at
-/// the top level belongs in `[dev]`).
+/// the top level belongs in `[dev]`), quoted for a "did you mean".
 fn locate(table: &str, key: &str) -> Option<String> {
     ROOT.iter().find_map(|k| match k.ty {
         Ty::Table(keys) if k.name != table => keys
             .iter()
             .any(|sub| sub.name == key)
-            .then(|| key_path(k.name, key)),
+            .then(|| format!("{:?}", key_path(k.name, key))),
         Ty::Table(_) => None,
-        _ => (!table.is_empty() && k.name == key).then(|| key.to_owned()),
+        _ => (!table.is_empty() && k.name == key).then(|| format!("top-level {key:?}")),
     })
 }
 

@@ -1,7 +1,8 @@
 //! "Did you mean" for near misses.
 
-/// The candidate `word` most likely was meant to be: within two edits, or one a prefix
-/// of the other (`mem` for `memory`), ignoring case. Ties go to the earlier candidate.
+/// The candidate `word` most likely was meant to be: one a prefix of the other (`mem`
+/// for `memory`), else the nearest within two edits, ignoring case. Ties go to the
+/// earlier candidate.
 pub(crate) fn closest<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
@@ -13,9 +14,9 @@ pub(crate) fn closest<'a>(
             let lower = candidate.to_lowercase();
             let distance = edit_distance(&word, &lower);
             let prefix = word.len() >= 2 && (lower.starts_with(&word) || word.starts_with(&lower));
-            (distance <= 2 || prefix).then_some((distance, candidate))
+            (distance <= 2 || prefix).then_some(((!prefix, distance), candidate))
         })
-        .min_by_key(|&(distance, _)| distance)
+        .min_by_key(|&(rank, _)| rank)
         .map(|(_, candidate)| candidate)
 }
 
@@ -52,6 +53,8 @@ mod tests {
         assert_eq!(closest("prots", keys), Some("ports"));
         assert_eq!(closest("PORTS", keys), Some("ports"));
         assert_eq!(closest("vol", keys), Some("volumes"));
+        // A prefix beats a closer edit distance: "mem" is two edits from "net".
+        assert_eq!(closest("mem", ["net", "memory"]), Some("memory"));
         assert_eq!(closest("environment", keys), Some("env"));
         assert_eq!(closest("hostname", keys), None);
     }

@@ -435,3 +435,304 @@ impl fmt::Display for RestartPolicy {
         f.write_str(self.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_entries() {
+        assert_eq!(parse_env("A=1"), Ok(("A", "1")));
+        assert_eq!(parse_env("_x9="), Ok(("_x9", "")));
+        assert_eq!(parse_env("URL=a=b"), Ok(("URL", "a=b")));
+        for bad in ["A", "=1", "1A=x", "A-B=x", "A B=x"] {
+            assert_eq!(
+                parse_env(bad),
+                Err(format!(
+                    "expected KEY=VALUE with KEY matching [A-Za-z_][A-Za-z0-9_]*, found {bad:?}"
+                ))
+            );
+        }
+    }
+
+    #[test]
+    fn durations() {
+        let ms = Duration::from_millis;
+        assert_eq!(parse_duration("500ms"), Ok(ms(500)));
+        assert_eq!(parse_duration("10s"), Ok(ms(10_000)));
+        assert_eq!(parse_duration("2m"), Ok(ms(120_000)));
+        assert_eq!(parse_duration("1h"), Ok(ms(3_600_000)));
+        assert_eq!(parse_duration("1m30s"), Ok(ms(90_000)));
+        assert_eq!(parse_duration("1h0m5s250ms"), Ok(ms(3_605_250)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in [
+            "",
+            "10",
+            "s",
+            "10 s",
+            "1.5s",
+            "-1s",
+            "10sec",
+            "1d",
+            "99999999999999999999h",
+        ] {
+            assert_eq!(
+                parse_duration(bad),
+                Err(format!(
+                    "expected a duration like 10s, 2m or 500ms, found {bad:?}"
+                ))
+            );
+        }
+    }
+
+    #[test]
+    fn volumes() {
+        let base = Path::new("/proj");
+        let v = Volume::parse("./data:/data", base).unwrap();
+        assert_eq!(
+            v,
+            Volume {
+                host_spec: "./data".into(),
+                host: "/proj/data".into(),
+                guest: "/data".into(),
+                read_only: false
+            }
+        );
+        assert_eq!(v.to_string(), "/proj/data:/data");
+        let v = Volume::parse("/abs//src/:/app:ro", base).unwrap();
+        assert_eq!((v.host, v.read_only), ("/abs/src".into(), true));
+        assert_eq!(
+            Volume::parse("../up:/up:rw", base).unwrap().host,
+            PathBuf::from("/proj/../up")
+        );
+        let err = |spec: &str| Volume::parse(spec, base).unwrap_err();
+        for bad in ["data", ":/data", "data:", "a:/b:rx", "a:/b:ro:x"] {
+            assert_eq!(
+                err(bad),
+                format!("expected HOST:GUEST[:ro|:rw], found {bad:?}")
+            );
+        }
+        assert_eq!(
+            err("./data:data"),
+            "expected an absolute guest path, found \"data\""
+        );
+        assert_eq!(
+            err("./data:/srv/../etc"),
+            "expected a guest path without \"..\", found \"/srv/../etc\""
+        );
+        assert_eq!(
+            err("./data:/"),
+            "expected a guest path other than \"/\", found \"/\""
+        );
+        assert_eq!(
+            err("./data://"),
+            "expected a guest path other than \"/\", found \"//\""
+        );
+        assert_eq!(
+            err("~/data:/data"),
+            "expected an absolute or relative host path (\"~\" is not expanded), found \"~/data\""
+        );
+    }
+
+    #[test]
+    fn ports() {
+        let p = |s: &str| Port::parse(s).map(|p| (p.ip, p.host, p.guest, p.to_string()));
+        assert_eq!(p("8080:80"), Ok((None, 8080, 80, "8080:80".into())));
+        let lo4: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(
+            p("127.0.0.1:1:65535"),
+            Ok((Some(lo4), 1, 65535, "127.0.0.1:1:65535".into()))
+        );
+        let lo6: IpAddr = "::1".parse().unwrap();
+        assert_eq!(
+            p("[::1]:443:8443"),
+            Ok((Some(lo6), 443, 8443, "[::1]:443:8443".into()))
+        );
+        for bad in [
+            "80",
+            "0:80",
+            "80:65536",
+            "+80:80",
+            "80:",
+            "a:b",
+            "80:80/udp",
+            "[::1]:80",
+        ] {
+            assert_eq!(
+                Port::parse(bad),
+                Err(format!(
+                    "expected HOST:GUEST with ports 1-65535, found {bad:?}"
+                ))
+            );
+        }
+        for bad in [
+            "localhost:80:80",
+            "[::1]80:80",
+            "[nope]:80:80",
+            "1.2.3:80:80",
+            "::1:80:80",
+        ] {
+            assert_eq!(
+                Port::parse(bad),
+                Err(format!(
+                    "expected an IPv4 address or a bracketed [IPv6] address before HOST:GUEST, found {bad:?}"
+                ))
+            );
+        }
+    }
+
+    #[test]
+    fn cidrs() {
+        let c = |s: &str| Cidr::parse(s).map(|c| c.to_string());
+        assert_eq!(c("10.0.0.0/8"), Ok("10.0.0.0/8".into()));
+        assert_eq!(c("0.0.0.0/0"), Ok("0.0.0.0/0".into()));
+        assert_eq!(c("192.0.2.7"), Ok("192.0.2.7/32".into()));
+        assert_eq!(c("fd00::/8"), Ok("fd00::/8".into()));
+        assert_eq!(c("::/0"), Ok("::/0".into()));
+        assert_eq!(c("2001:db8::1"), Ok("2001:db8::1/128".into()));
+        assert_eq!(
+            c("10.0.0.1/8"),
+            Err("expected a network address with no host bits set, found \"10.0.0.1/8\"; did you mean \"10.0.0.0/8\"?".into())
+        );
+        assert_eq!(
+            c("fd00::1/8"),
+            Err("expected a network address with no host bits set, found \"fd00::1/8\"; did you mean \"fd00::/8\"?".into())
+        );
+        for bad in ["10.0.0/8", "example.com", "", "/8", "10.0.0.0/"] {
+            let expected = if bad.ends_with('/') {
+                format!("expected a prefix length from 0 to 32 after \"/\", found {bad:?}")
+            } else {
+                format!("expected an IPv4 or IPv6 CIDR like 10.0.0.0/8 or fd00::/8, found {bad:?}")
+            };
+            assert_eq!(c(bad), Err(expected));
+        }
+        assert_eq!(
+            c("10.0.0.0/33"),
+            Err("expected a prefix length from 0 to 32 after \"/\", found \"10.0.0.0/33\"".into())
+        );
+        assert_eq!(
+            c("fd00::/129"),
+            Err("expected a prefix length from 0 to 128 after \"/\", found \"fd00::/129\"".into())
+        );
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert_eq!(HostPattern::parse("PyPI.org").unwrap().as_str(), "pypi.org");
+        assert_eq!(
+            HostPattern::parse("*.example.com").unwrap().to_string(),
+            "*.example.com"
+        );
+        assert!(HostPattern::parse("localhost").is_ok());
+        assert!(HostPattern::parse("1password.com").is_ok());
+        assert!(HostPattern::parse(&format!("{}.com", "a".repeat(63))).is_ok());
+        for bad in [
+            "",
+            "*",
+            "*.",
+            "a.*.com",
+            "exa mple.com",
+            "under_score.com",
+            "-lead.com",
+            "trail-.com",
+            "example.com.",
+            "a..b",
+            "https://example.com",
+        ] {
+            assert_eq!(
+                HostPattern::parse(bad),
+                Err(format!(
+                    "expected a hostname like example.com or *.example.com, found {bad:?}"
+                )),
+            );
+        }
+        assert!(HostPattern::parse(&format!("{}.com", "a".repeat(64))).is_err());
+        let long = vec!["a".repeat(63); 4].join(".");
+        assert_eq!(
+            HostPattern::parse(&long),
+            Err("expected a hostname of at most 253 characters, found 255 characters".into())
+        );
+        assert_eq!(
+            HostPattern::parse("10.0.0.1"),
+            Err("expected a hostname, found IP address \"10.0.0.1\" (addresses belong in allow_cidrs)".into())
+        );
+    }
+
+    #[test]
+    fn platforms() {
+        let p = Platform::parse("linux/arm/v7").unwrap();
+        assert_eq!(
+            (p.os.as_str(), p.architecture.as_str(), p.variant.as_deref()),
+            ("linux", "arm", Some("v7"))
+        );
+        assert_eq!(p.to_string(), "linux/arm/v7");
+        for arch in Platform::ARCHITECTURES {
+            assert_eq!(
+                Platform::parse(&format!("linux/{arch}"))
+                    .unwrap()
+                    .to_string(),
+                format!("linux/{arch}")
+            );
+        }
+        let expected = |found: &str, suggestion: Option<&str>| {
+            let mut m = format!(
+                "expected a platform like linux/amd64 or linux/arm/v7 (arch: amd64, arm64, 386, arm, ppc64le, s390x, riscv64), found {found:?}"
+            );
+            if let Some(s) = suggestion {
+                m += &format!("; did you mean {s:?}?");
+            }
+            m
+        };
+        assert_eq!(
+            Platform::parse("linux/x86_64").unwrap_err(),
+            expected("linux/x86_64", Some("linux/amd64"))
+        );
+        assert_eq!(
+            Platform::parse("Linux/AArch64").unwrap_err(),
+            expected("Linux/AArch64", Some("linux/arm64"))
+        );
+        for bad in [
+            "linux",
+            "windows/amd64",
+            "linux/mips",
+            "linux/arm/7",
+            "linux/arm/v",
+            "linux/arm/v7/x",
+            "amd64",
+        ] {
+            assert_eq!(Platform::parse(bad).unwrap_err(), expected(bad, None));
+        }
+    }
+
+    #[test]
+    fn restart_policies() {
+        for policy in RestartPolicy::ALL {
+            assert_eq!(RestartPolicy::parse(policy.as_str()), Ok(policy));
+        }
+        assert_eq!(
+            RestartPolicy::parse("onfailure"),
+            Err("expected one of never, always, on-failure, unless-stopped, found \"onfailure\"; did you mean \"on-failure\"?".into())
+        );
+        assert_eq!(
+            RestartPolicy::parse("sometimes"),
+            Err(
+                "expected one of never, always, on-failure, unless-stopped, found \"sometimes\""
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn guest_paths() {
+        assert_eq!(check_guest_path("/"), Ok(()));
+        assert_eq!(check_guest_path("/srv/app"), Ok(()));
+        assert_eq!(
+            check_guest_path("srv"),
+            Err("expected an absolute guest path, found \"srv\"".into())
+        );
+        assert_eq!(
+            check_guest_path("/a/.."),
+            Err("expected a guest path without \"..\", found \"/a/..\"".into())
+        );
+    }
+}
