@@ -76,7 +76,7 @@ struct Item<T> {
     value: T,
 }
 
-fn values<T>(items: Vec<Item<T>>) -> Vec<T> {
+fn item_values<T>(items: Vec<Item<T>>) -> Vec<T> {
     items.into_iter().map(|item| item.value).collect()
 }
 
@@ -94,20 +94,20 @@ impl Checker<'_> {
             .map(|t| self.network(&t))
             .unwrap_or_default();
         let net = self.bool(&top, "net");
-        if net == Some(false) {
-            let implied_by = [
-                ("allow_hosts", network.allow_hosts.is_empty()),
-                ("allow_cidrs", network.allow_cidrs.is_empty()),
-            ]
-            .into_iter()
-            .find_map(|(key, empty)| (!empty).then_some(key));
-            if let (Some(list), Some(node)) = (implied_by, top.get("net")) {
-                self.report(
-                    node.span(),
-                    top.path("net"),
-                    format!("net = false contradicts [network].{list}, which turns the network on; remove one of them"),
-                );
-            }
+        // `net = false` beside a non-empty allow list says two opposite things.
+        let implied_by = if !network.allow_hosts.is_empty() {
+            Some("allow_hosts")
+        } else if !network.allow_cidrs.is_empty() {
+            Some("allow_cidrs")
+        } else {
+            None
+        };
+        if let (Some(false), Some(list), Some(node)) = (net, implied_by, top.get("net")) {
+            self.report(
+                node.span(),
+                top.path("net"),
+                format!("net = false contradicts [network].{list}, which turns the network on; remove one of them"),
+            );
         }
         Smolfile {
             image: self.string(&top, "image", reference::parse),
@@ -145,11 +145,11 @@ impl Checker<'_> {
         Network {
             allow_hosts: self
                 .list(t, "allow_hosts", HostPattern::parse)
-                .map(values)
+                .map(item_values)
                 .unwrap_or_default(),
             allow_cidrs: self
                 .list(t, "allow_cidrs", Cidr::parse)
-                .map(values)
+                .map(item_values)
                 .unwrap_or_default(),
         }
     }
@@ -171,8 +171,8 @@ impl Checker<'_> {
             |p| format!("host port {}", p.host),
         );
         Dev {
-            volumes: values(volumes),
-            ports: values(ports),
+            volumes: item_values(volumes),
+            ports: item_values(ports),
             init: self.strings(t, "init").unwrap_or_default(),
             env: self.env(t),
             workdir: self.string(t, "workdir", guest_path),
@@ -225,7 +225,9 @@ impl Checker<'_> {
 
     fn env(&mut self, t: &Table<'_, '_>) -> Vec<String> {
         let entry = |s: &str| parse_env(s).map(|_| s.to_owned());
-        self.list(t, "env", entry).map(values).unwrap_or_default()
+        self.list(t, "env", entry)
+            .map(item_values)
+            .unwrap_or_default()
     }
 
     /// Opens a table: reports keys its spec does not list and required keys it lacks.
@@ -384,7 +386,7 @@ impl Checker<'_> {
         &mut self,
         t: &Table<'_, '_>,
         key: &str,
-        mut parse: impl FnMut(&str) -> Result<T, String>,
+        parse: impl Fn(&str) -> Result<T, String>,
     ) -> Option<Vec<Item<T>>> {
         let spec = spec::key(t.keys, key);
         debug_assert!(matches!(spec.ty, Ty::List(_)));
@@ -422,7 +424,7 @@ impl Checker<'_> {
 
     /// An array of plain strings.
     fn strings(&mut self, t: &Table<'_, '_>, key: &str) -> Option<Vec<String>> {
-        self.list(t, key, |s| Ok(s.to_owned())).map(values)
+        self.list(t, key, |s| Ok(s.to_owned())).map(item_values)
     }
 
     /// Reports every item whose `identity` an earlier item already has.

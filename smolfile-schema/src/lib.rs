@@ -81,6 +81,8 @@
 //! assert_eq!(bad.to_string(), "Smolfile:1:8: cpus: expected an integer, found string \"four\"");
 //! ```
 
+#![warn(missing_docs)]
+
 mod check;
 mod diagnostic;
 mod merge;
@@ -133,9 +135,12 @@ impl Smolfile {
         let (document, errors) = toml::de::DeTable::parse_recoverable(source.text());
         if !errors.is_empty() {
             // A document that does not parse would only add follow-on noise to check.
-            return Err(Diagnostics::new(
-                errors.iter().map(|e| syntax_error(&source, e)).collect(),
-            ));
+            let mut diagnostics: Vec<Diagnostic> =
+                errors.iter().map(|e| syntax_error(&source, e)).collect();
+            diagnostics.sort_by_key(|d| (d.line, d.column));
+            // Recovery from a syntax error tends to trip over the rest of its line.
+            diagnostics.dedup_by_key(|d| d.line);
+            return Err(Diagnostics::new(diagnostics));
         }
         check::check(&document, &source, &base_dir).map_err(Diagnostics::new)
     }

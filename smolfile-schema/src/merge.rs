@@ -156,7 +156,9 @@ pub fn merge(
         Purpose::Pack => (&no_dev, &file.artifact),
     };
 
-    let entrypoint = (cli.entrypoint.as_ref())
+    let entrypoint = cli
+        .entrypoint
+        .as_ref()
         .or(artifact.entrypoint.as_ref())
         .or(file.entrypoint.as_ref());
     let cmd = if !cli.cmd.is_empty() {
@@ -164,6 +166,7 @@ pub fn merge(
     } else if let Some(cmd) = artifact.cmd.as_ref().or(file.cmd.as_ref()) {
         cmd.clone()
     } else if entrypoint.is_some() {
+        // The image's cmd was written as arguments to the image's entrypoint.
         Vec::new()
     } else {
         image.cmd.clone()
@@ -200,10 +203,13 @@ pub fn merge(
             |entry| {
                 entry
                     .split_once('=')
-                    .map_or(entry.clone(), |(key, _)| key.to_owned())
+                    .map_or(entry.as_str(), |(key, _)| key)
+                    .to_owned()
             },
         ),
-        workdir: (cli.workdir.clone())
+        workdir: cli
+            .workdir
+            .clone()
             .or_else(|| dev.workdir.clone())
             .or_else(|| file.workdir.clone())
             .or_else(|| image.workdir.clone()),

@@ -582,6 +582,22 @@ fn toml_syntax_errors_are_located() {
     );
 }
 
+#[test]
+fn toml_syntax_errors_on_separate_lines_come_together_without_follow_on_noise() {
+    // The parser recovers and reports four more problems on line 2; only the first is real.
+    assert_eq!(
+        errors("cmd = [1, 2\nmemory = 3\n"),
+        ["Smolfile:2:1: invalid TOML: missing comma between array elements, expected `,`"]
+    );
+    assert_eq!(
+        errors("image = alpine\ncpus = 2\nenv = [\"A=1\" \"B=2\"]\n"),
+        [
+            "Smolfile:1:9: invalid TOML: string values must be quoted, expected literal string",
+            "Smolfile:3:14: invalid TOML: missing comma between array elements, expected `,`",
+        ]
+    );
+}
+
 // ---- reporting ----
 
 #[test]
