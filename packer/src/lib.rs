@@ -1,0 +1,15 @@
+//! smolvm-pack: the `.smolmachine` format, OCI image layers to a root filesystem image,
+//! and pack creation.
+//!
+//! With the `create` feature (on by default):
+//! - [`rootfs::build_rootfs`] flattens the ordered layers of an OCI image into one
+//!   squashfs (zstd) image for the guest's read-only root, preserving owners, modes,
+//!   devices, hardlinks and xattrs without privileges. See [`rootfs`].
+//!
+//! The packed-executable stub depends on this crate with `default-features = false` and
+//! so carries none of the image-building code.
+
+#![warn(missing_docs)]
+
+#[cfg(feature = "create")]
+pub mod rootfs;
