@@ -73,6 +73,8 @@ pub(crate) struct Archive<R> {
     /// Data and padding of the current entry still to skip before the next header.
     skip: u64,
     limits: Limits,
+    /// Reused for every entry's data.
+    buf: Vec<u8>,
 }
 
 /// Extension records collected for the next entry.
@@ -98,6 +100,7 @@ impl<R: Read> Archive<R> {
             pos: 0,
             skip: 0,
             limits,
+            buf: vec![0; 256 * 1024],
         }
     }
 
@@ -255,9 +258,21 @@ impl<R: Read> Archive<R> {
         entry: &Entry,
         mut sink: impl FnMut(u64, &[u8]) -> io::Result<()>,
     ) -> Result<(), DataError> {
+        // Taken out of `self` so `read_full` can borrow it; put back on every path.
+        let mut buf = std::mem::take(&mut self.buf);
+        let result = self.read_segments(entry, &mut buf, &mut sink);
+        self.buf = buf;
+        result
+    }
+
+    fn read_segments(
+        &mut self,
+        entry: &Entry,
+        buf: &mut [u8],
+        sink: &mut impl FnMut(u64, &[u8]) -> io::Result<()>,
+    ) -> Result<(), DataError> {
         let declared: u64 = entry.segments.iter().map(|s| s.1).sum();
         let mut read = 0;
-        let mut buf = vec![0u8; 256 * 1024];
         for &(offset, len) in &entry.segments {
             let mut done = 0;
             while done < len {

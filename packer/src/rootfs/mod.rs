@@ -75,7 +75,9 @@ pub struct BuildOptions {
     pub max_entries: u64,
     /// Longest entry path or link target in bytes ([`LayerError::PathTooLong`]).
     pub max_path_len: usize,
-    /// zstd level of data and metadata blocks, 1 to 22.
+    /// zstd level of data and metadata blocks, 1 to 22. The default, 3, is zstd's own:
+    /// on the `rootfs_bench` image level 6 made the image 0.7% smaller and the build
+    /// twice as slow.
     pub zstd_level: i32,
     /// Compression threads; 0 means one per available CPU.
     pub threads: usize,
@@ -86,7 +88,7 @@ impl Default for BuildOptions {
         BuildOptions {
             max_entries: 1_000_000,
             max_path_len: 4096,
-            zstd_level: 6,
+            zstd_level: 3,
             threads: 0,
         }
     }
