@@ -1,6 +1,6 @@
 //! Benchmark of `build_rootfs` on a synthetic image shaped like a Debian Python install.
 //!
-//! `cargo run --release -p smolvm-pack --example rootfs_bench [-- RUNS [ZSTD_LEVEL]]`
+//! `cargo run --release -p smolvm-pack --example rootfs_bench [-- RUNS [ZSTD_LEVEL [SCALE]]]`
 //!
 //! Generates three deterministic gzip layers (base system, Python, app) in a temporary
 //! directory, about 100 MB of file content: many small text files (`.py`-like, compress
@@ -275,6 +275,10 @@ fn main() {
         .map_or(BuildOptions::default().zstd_level, |l| {
             l.parse().expect("ZSTD_LEVEL must be a number")
         });
+    // Multiplies file counts and sizes, to watch memory on larger images.
+    let scale: usize = std::env::args()
+        .nth(3)
+        .map_or(1, |s| s.parse().expect("SCALE must be a number"));
     let dir = tempfile::tempdir().unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut layers = Vec::new();
@@ -289,7 +293,13 @@ fn main() {
     {
         let path = dir.path().join(format!("layer{i}.tar.gz"));
         let mut w = LayerWriter::create(&path);
-        fill(&mut w, &mut rng, prefix, count, target);
+        fill(
+            &mut w,
+            &mut rng,
+            prefix,
+            count * scale,
+            target * scale as u64,
+        );
         if i == 2 {
             // The app layer deletes part of the Python install, as `pip uninstall` would.
             w.entry(

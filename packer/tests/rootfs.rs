@@ -910,10 +910,22 @@ fn pax_sparse_formats_read_back_with_zero_holes() {
     .pax("GNU.sparse.numblocks", runs.len().to_string().as_bytes())
     .pax("GNU.sparse.map", map.join(",").as_bytes())
     .pax("GNU.sparse.name", b"sparse01");
+    // Format 0.0: one offset and one numbytes record per segment, in order.
+    let mut v00 = E {
+        data: data.clone(),
+        ..file("sparse00", b"")
+    }
+    .pax("GNU.sparse.size", full.len().to_string().as_bytes());
+    for (offset, d) in &runs {
+        v00 = v00
+            .pax("GNU.sparse.offset", offset.to_string().as_bytes())
+            .pax("GNU.sparse.numbytes", d.len().to_string().as_bytes());
+    }
     let mut w = Work::new();
-    w.tar(&[v1, v01]);
+    w.tar(&[v1, v01, v00]);
     w.build();
-    assert_eq!(names(&w.list()), ["", "sparse01", "sparse1"]);
+    assert_eq!(names(&w.list()), ["", "sparse00", "sparse01", "sparse1"]);
+    assert!(w.cat("sparse00") == full, "0.0 content differs");
     assert!(w.cat("sparse1") == full, "1.0 content differs");
     assert!(w.cat("sparse01") == full, "0.1 content differs");
 }
@@ -1133,6 +1145,21 @@ fn malformed_headers_are_refused() {
             ..
         }
     ));
+}
+
+#[test]
+fn more_ids_than_squashfs_holds_is_an_error() {
+    let mut w = Work::new();
+    let entries: Vec<E> = (0..32_769u64)
+        .map(|i| file(&format!("{i}"), b"").owner(i, 100_000 + i))
+        .collect();
+    w.tar(&entries);
+    let err = w.build_with(&BuildOptions::default()).unwrap_err();
+    assert!(
+        matches!(err, RootfsError::TooManyIds { count: 65_538 }),
+        "{err:?}"
+    );
+    assert_eq!(w.files_outside_layers(), ["out"]);
 }
 
 #[test]
