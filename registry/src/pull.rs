@@ -525,10 +525,8 @@ impl Job {
             }),
             (None, _) => {
                 let what = format!("tag {tag}");
-                self.retrying(&what, async || {
-                    self.endpoint.resolve_tag(&self.image, tag).await
-                })
-                .await
+                self.retrying(&what, || self.endpoint.resolve_tag(&self.image, tag))
+                    .await
             }
         }
     }
@@ -545,9 +543,7 @@ impl Job {
             Err(CacheError::Missing(_) | CacheError::Mismatch { .. }) => {
                 let what = format!("manifest {digest}");
                 let bytes = self
-                    .retrying(&what, async || {
-                        self.endpoint.manifest(&self.image, digest).await
-                    })
+                    .retrying(&what, || self.endpoint.manifest(&self.image, digest))
                     .await?;
                 self.cache().put(digest, &bytes)?;
                 bytes.to_vec()
@@ -754,10 +750,10 @@ impl Job {
     }
 
     /// Runs `attempt` until it succeeds, fails fatally, or the retries run out.
-    async fn retrying<T>(
+    async fn retrying<T, F: Future<Output = Result<T, Failure>>>(
         &self,
         what: &str,
-        mut attempt: impl AsyncFnMut() -> Result<T, Failure>,
+        attempt: impl Fn() -> F,
     ) -> Result<T, PullError> {
         let mut backoff = Backoff::new(&self.inner.options);
         loop {

@@ -297,7 +297,7 @@ fn download_debs(packages: &[&str]) -> io::Result<Vec<PathBuf>> {
             let path = dir.join(file);
             if !path.exists() {
                 // A private directory per download: a half-downloaded file never gets the
-                // final name.
+                // final name. apt-get spells an epoch `%3a` in the name it saves.
                 let temp = tempfile::tempdir_in(&dir)?;
                 run(
                     Command::new("apt-get")
@@ -305,7 +305,10 @@ fn download_debs(packages: &[&str]) -> io::Result<Vec<PathBuf>> {
                         .current_dir(temp.path()),
                     "apt-get download",
                 )?;
-                std::fs::rename(temp.path().join(file), &path)?;
+                let saved = std::fs::read_dir(temp.path())?.next().ok_or_else(|| {
+                    io::Error::other(format!("apt-get download {package} saved no file"))
+                })??;
+                std::fs::rename(saved.path(), &path)?;
             }
             Ok(path)
         })
