@@ -1163,6 +1163,22 @@ fn more_ids_than_squashfs_holds_is_an_error() {
 }
 
 #[test]
+fn the_deepest_allowed_tree_builds_on_a_small_stack() {
+    // Test threads have 2 MiB stacks; 2047 nested directories is the most a 4096-byte
+    // path allows.
+    let mut w = Work::new();
+    w.tar(&[file(&format!("{}f", "a/".repeat(2047)), b"deep")]);
+    let summary = w.build();
+    assert_eq!(summary.inodes, 2049);
+    let out = Command::new("unsquashfs")
+        .arg("-lln")
+        .arg(w.out())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2049);
+}
+
+#[test]
 fn invalid_options_are_refused() {
     let w = Work::new();
     let opts = BuildOptions {
@@ -1176,6 +1192,21 @@ fn invalid_options_are_refused() {
             ..
         })
     ));
+    let opts = BuildOptions {
+        max_path_len: 5000,
+        ..BuildOptions::default()
+    };
+    let err = w.build_with(&opts).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RootfsError::InvalidOption {
+                name: "max_path_len",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 #[test]

@@ -73,7 +73,8 @@ pub struct BuildOptions {
     /// Most archive entries read over all layers, whiteouts included, before the build
     /// stops with [`LayerError::TooManyEntries`]: bounds the memory of the tree.
     pub max_entries: u64,
-    /// Longest entry path or link target in bytes ([`LayerError::PathTooLong`]).
+    /// Longest entry path or link target in bytes, at most 4096
+    /// ([`LayerError::PathTooLong`]).
     pub max_path_len: usize,
     /// zstd level of data and metadata blocks, 1 to 22. The default, 3, is zstd's own:
     /// on the `rootfs_bench` image level 6 made the image 0.7% smaller and the build
@@ -211,8 +212,13 @@ fn check_options(opts: &BuildOptions) -> Result<(), RootfsError> {
     if !(1..=22).contains(&opts.zstd_level) {
         return invalid("zstd_level", opts.zstd_level.to_string(), "must be 1 to 22");
     }
-    if opts.max_path_len == 0 {
-        return invalid("max_path_len", "0".into(), "must be at least 1");
+    // PATH_MAX. It also bounds directory depth (2048), which the tree walks recurse on.
+    if !(1..=4096).contains(&opts.max_path_len) {
+        return invalid(
+            "max_path_len",
+            opts.max_path_len.to_string(),
+            "must be 1 to 4096",
+        );
     }
     if opts.max_entries >= u64::from(u32::MAX) {
         return invalid(
