@@ -546,3 +546,270 @@ fn is_env_name(name: &str) -> bool {
         .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str, mode: u32) -> PathBuf {
+        let path = dir.join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn login_creates_0600_and_keeps_other_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("smolvm/config.toml");
+        login(&path, "127.0.0.1:5000", "alice", "s3cret-one").unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = format!(
+            "# my registries\ndefault_registry = \"ghcr.io\"\n{text}\n[registries.\"ghcr.io\"]\npassword_env = \"GHCR_TOKEN\" # from CI\nusername = \"bob\"\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        login(&path, "GHCR.io", "carol", "s3cret-two").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# my registries\n"), "{text}");
+        assert!(
+            !text.contains("GHCR_TOKEN"),
+            "login replaces password_env: {text}"
+        );
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.default_registry.as_deref(), Some("ghcr.io"));
+        assert_eq!(
+            config.credentials("127.0.0.1:5000").unwrap(),
+            Some(("alice".into(), "s3cret-one".into()))
+        );
+        assert_eq!(
+            config.credentials("ghcr.io").unwrap(),
+            Some(("carol".into(), "s3cret-two".into()))
+        );
+
+        logout(&path, "ghcr.io").unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.credentials("ghcr.io").unwrap(), None);
+        assert!(config.credentials("127.0.0.1:5000").unwrap().is_some());
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn secrets_never_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[registries.\"a.io\"]\nusername = \"u\"\npassword = \"hunter2-secret\"\n\n[registries.\"b.io\"]\nusername = \"v\"\npassword_env = \"B_TOKEN\"\ninsecure = true\n\n[registries.\"docker.io\"]\nmirror = \"127.0.0.1:5000\"\n";
+        let config = Config::load(&write(dir.path(), text, 0o600)).unwrap();
+        let list = config.list();
+        assert_eq!(
+            list,
+            format!(
+                "config: {}\ndefault_registry: docker.io\na.io\n  username: u\n  password: set\nb.io\n  username: v\n  password: from $B_TOKEN\n  insecure: true (plain HTTP)\ndocker.io\n  mirror: 127.0.0.1:5000\n",
+                dir.path().join("config.toml").display()
+            )
+        );
+        let debug = format!("{config:?} {:?}", config.registry("a.io"));
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("Inline(<redacted>)"), "{debug}");
+    }
+
+    #[test]
+    fn password_env_is_read_at_use() {
+        let dir = tempfile::tempdir().unwrap();
+        // PATH is always set; a made-up name never is (no env mutation in tests).
+        let text = "[registries.\"a.io\"]\nusername = \"u\"\npassword_env = \"PATH\"\n[registries.\"b.io\"]\nusername = \"u\"\npassword_env = \"SMOLVM_TEST_UNSET_7F3A\"\n";
+        let path = write(dir.path(), text, 0o644);
+        let config = Config::load(&path).unwrap();
+        let path_value = std::env::var("PATH").unwrap();
+        assert_eq!(
+            config.credentials("a.io").unwrap(),
+            Some(("u".into(), path_value))
+        );
+        assert_eq!(
+            config.credentials("b.io").unwrap_err().to_string(),
+            format!(
+                "{}: registries.\"b.io\".password_env: the environment variable SMOLVM_TEST_UNSET_7F3A is not set",
+                path.display()
+            )
+        );
+        assert_eq!(config.credentials("c.io").unwrap(), None);
+    }
+
+    #[test]
+    fn refuses_a_readable_file_with_a_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[registries.\"a.io\"]\nusername = \"u\"\npassword = \"p\"\n";
+        let path = write(dir.path(), text, 0o644);
+        assert_eq!(
+            Config::load(&path).unwrap_err().to_string(),
+            format!(
+                "{p} holds a password but is readable by group or others (mode 644): run chmod 600 {p}",
+                p = path.display()
+            )
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Config::load(&path).is_ok());
+    }
+
+    #[test]
+    fn missing_and_broken_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let absent = dir.path().join("absent.toml");
+        let config = Config::load(&absent).unwrap();
+        assert_eq!(config.path(), absent);
+        assert!(config.registries.is_empty());
+        assert!(matches!(
+            Config::validate(&absent),
+            Err(ConfigError::Read { .. })
+        ));
+
+        let path = write(dir.path(), "default_registry = \n", 0o600);
+        let message = Config::load(&path).unwrap_err().to_string();
+        assert!(
+            message.starts_with(&format!(
+                "{}: TOML parse error at line 1, column",
+                path.display()
+            )),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not checked here").unwrap();
+        let table: &[(&str, &str, &str)] = &[
+            (
+                "colour = 1",
+                "colour",
+                "unknown key; expected default_registry or [registries.\"host[:port]\"] tables",
+            ),
+            (
+                "default_registry = 5",
+                "default_registry",
+                "expected a non-empty string, found integer",
+            ),
+            (
+                "default_registry = \"no host\"",
+                "default_registry",
+                "expected a registry host like ghcr.io, docker.io or localhost:5000, found \"no host\"",
+            ),
+            (
+                "registries = 1",
+                "registries",
+                "expected a table of registries",
+            ),
+            (
+                "[registries.\"bad_host\"]",
+                "registries.\"bad_host\"",
+                "expected a registry host like ghcr.io, docker.io or localhost:5000, found \"bad_host\" as the table name",
+            ),
+            (
+                "[registries.\"a.io\"]\ninsecure = \"yes\"",
+                "registries.\"a.io\".insecure",
+                "expected true or false, found string",
+            ),
+            (
+                "[registries.\"a.io\"]\npasword = \"x\"",
+                "registries.\"a.io\".pasword",
+                "unknown key; expected one of username, password, password_env, insecure, ca_file, mirror",
+            ),
+            (
+                "[registries.\"a.io\"]\nusername = \"u\"",
+                "registries.\"a.io\".username",
+                "a username needs password or password_env",
+            ),
+            (
+                "[registries.\"a.io\"]\npassword = \"p\"",
+                "registries.\"a.io\".username",
+                "missing: a password needs a username",
+            ),
+            (
+                "[registries.\"a.io\"]\nusername = \"u\"\npassword = \"p\"\npassword_env = \"P\"",
+                "registries.\"a.io\".password_env",
+                "set either password or password_env, not both",
+            ),
+            (
+                "[registries.\"a.io\"]\nusername = \"u\"\npassword_env = \"1BAD\"",
+                "registries.\"a.io\".password_env",
+                "expected an environment variable name like REGISTRY_PASSWORD, found \"1BAD\"",
+            ),
+            (
+                "[registries.\"a.io\"]\npassword = 123456\nusername = \"u\"",
+                "registries.\"a.io\".password",
+                "expected a non-empty string, found integer",
+            ),
+            (
+                "[registries.\"a.io\"]\nca_file = \"missing.pem\"",
+                "registries.\"a.io\".ca_file",
+                "__MISSING__",
+            ),
+            (
+                "[registries.\"a.io\"]\ninsecure = true\nca_file = \"ca.pem\"",
+                "registries.\"a.io\".ca_file",
+                "insecure = true means plain HTTP, where a CA has no use: remove one of them",
+            ),
+            (
+                "[registries.\"a.io\"]\nmirror = \"A.io\"",
+                "registries.\"a.io\".mirror",
+                "a registry cannot be its own mirror",
+            ),
+            (
+                "[registries.\"a.io\"]\n[registries.\"A.IO\"]",
+                "registries.\"A.IO\"",
+                "the same registry appears twice (host names are case-insensitive)",
+            ),
+        ];
+        for (text, key, expected) in table {
+            let path = write(dir.path(), text, 0o600);
+            let expected = match *expected {
+                "__MISSING__" => format!(
+                    "expected a PEM certificate file, but {} does not exist",
+                    dir.path().join("missing.pem").display()
+                ),
+                other => other.to_owned(),
+            };
+            let message = Config::validate(&path).unwrap_err().to_string();
+            assert_eq!(
+                message,
+                format!("{}: {key}: {expected}", path.display()),
+                "for {text:?}"
+            );
+            assert!(
+                !message.contains("123456"),
+                "a misplaced password is never echoed"
+            );
+        }
+        let path = write(
+            dir.path(),
+            "[registries.\"a.io\"]\nca_file = \"ca.pem\"\n",
+            0o600,
+        );
+        assert_eq!(
+            Config::validate(&path).unwrap().registry("a.io").ca_file,
+            Some(ca)
+        );
+    }
+
+    #[test]
+    fn login_refuses_a_bad_registry_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        assert_eq!(
+            login(&path, "not a host", "u", "p")
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "{}: registries.\"not a host\": expected a registry host like ghcr.io, docker.io or localhost:5000, found \"not a host\"",
+                path.display()
+            )
+        );
+        assert!(!path.exists());
+    }
+}

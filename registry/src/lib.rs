@@ -20,6 +20,7 @@ pub mod config;
 pub mod digest;
 mod fsutil;
 pub mod pull;
+pub mod push;
 pub mod reference;
 pub mod transport;
 
@@ -32,8 +33,9 @@ pub use digest::{Digest, DigestError};
 /// The OCI image types this crate returns (`ImageConfiguration` and friends).
 pub use oci_spec::image as oci;
 pub use pull::{
-    Event, Layer, Progress, PullError, PullOptions, PullPolicy, PulledImage, Puller, Transfer,
+    Event, Layer, Progress, PullOptions, PullPolicy, PulledImage, Puller, RegistryError, Transfer,
     host_platform,
 };
+pub use push::Pusher;
 pub use reference::{Reference, ReferenceError};
 pub use smolfile::Platform;

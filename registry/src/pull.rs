@@ -192,9 +192,9 @@ impl<F: Fn(&Event<'_>) + Send + Sync> Progress for F {
     }
 }
 
-/// Why a pull failed; each says what to do about it where there is something to do.
+/// Why a pull or push failed; each says what to do about it where there is something to do.
 #[derive(Debug, thiserror::Error)]
-pub enum PullError {
+pub enum RegistryError {
     /// The config file is unusable (or a `password_env` is unset).
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -269,7 +269,7 @@ pub enum PullError {
     },
     /// The registry answered with an error this crate does not retry.
     #[error("registry {registry}: {detail}")]
-    Registry {
+    Server {
         /// The registry.
         registry: String,
         /// Its answer.
@@ -317,11 +317,11 @@ pub enum PullError {
         /// The mirror.
         mirror: String,
         /// Why the mirror failed.
-        mirror_error: Box<PullError>,
+        mirror_error: Box<RegistryError>,
         /// The original registry.
         registry: String,
         /// Why the original registry failed.
-        error: Box<PullError>,
+        error: Box<RegistryError>,
     },
 }
 
@@ -386,7 +386,7 @@ impl Puller {
         &self,
         image: &Reference,
         progress: Arc<dyn Progress>,
-    ) -> Result<PulledImage, PullError> {
+    ) -> Result<PulledImage, RegistryError> {
         let registry = image.registry();
         let Some(mirror) = self.inner.config.registry(registry).mirror else {
             return self.pull_from(image, registry, progress).await;
@@ -396,7 +396,7 @@ impl Puller {
             Err(mirror_error) => self
                 .pull_from(image, registry, progress)
                 .await
-                .map_err(|error| PullError::Mirror {
+                .map_err(|error| RegistryError::Mirror {
                     mirror,
                     mirror_error: Box::new(mirror_error),
                     registry: registry.to_owned(),
@@ -410,7 +410,7 @@ impl Puller {
         image: &Reference,
         registry: &str,
         progress: Arc<dyn Progress>,
-    ) -> Result<PulledImage, PullError> {
+    ) -> Result<PulledImage, RegistryError> {
         let options = &self.inner.options;
         let endpoint = Endpoint::new(
             &self.inner.config,
@@ -440,7 +440,7 @@ impl Job {
         self.inner.options.policy
     }
 
-    async fn run(self: &Arc<Self>) -> Result<PulledImage, PullError> {
+    async fn run(self: &Arc<Self>) -> Result<PulledImage, RegistryError> {
         let top = self.resolve().await?;
         let (manifest_digest, manifest, index_digest) = match self.manifest(&top).await? {
             Manifest::Image(manifest) => (top, manifest, None),
@@ -473,7 +473,7 @@ impl Job {
 
         let config_bytes = self.cache().read_verified(&config_blob.digest)?;
         let config = serde_json::from_slice::<ImageConfiguration>(&config_bytes).map_err(|e| {
-            PullError::BadConfig {
+            RegistryError::BadConfig {
                 digest: config_blob.digest.clone(),
                 detail: e.to_string(),
             }
@@ -507,7 +507,7 @@ impl Job {
     }
 
     /// The digest the reference names: its own digest (never re-resolved), else the tag's.
-    async fn resolve(&self) -> Result<Digest, PullError> {
+    async fn resolve(&self) -> Result<Digest, RegistryError> {
         if let Some(digest) = self.image.digest() {
             return Ok(digest.clone());
         }
@@ -520,7 +520,7 @@ impl Job {
         };
         match (remembered, self.policy()) {
             (Some(digest), _) => Ok(digest),
-            (None, PullPolicy::Never) => Err(PullError::NotCached {
+            (None, PullPolicy::Never) => Err(RegistryError::NotCached {
                 what: self.image.to_string(),
             }),
             (None, _) => {
@@ -532,11 +532,11 @@ impl Job {
     }
 
     /// The manifest `digest`, from the cache or the registry (then cached).
-    async fn manifest(&self, digest: &Digest) -> Result<Manifest, PullError> {
+    async fn manifest(&self, digest: &Digest) -> Result<Manifest, RegistryError> {
         let bytes = match self.cache().read_verified(digest) {
             Ok(bytes) => bytes,
             Err(CacheError::Missing(_)) if self.policy() == PullPolicy::Never => {
-                return Err(PullError::NotCached {
+                return Err(RegistryError::NotCached {
                     what: format!("manifest {digest} of {}", self.image),
                 });
             }
@@ -553,7 +553,7 @@ impl Job {
         self.parse_manifest(digest, &bytes)
     }
 
-    fn parse_manifest(&self, digest: &Digest, bytes: &[u8]) -> Result<Manifest, PullError> {
+    fn parse_manifest(&self, digest: &Digest, bytes: &[u8]) -> Result<Manifest, RegistryError> {
         #[derive(serde::Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Probe {
@@ -581,15 +581,15 @@ impl Job {
             None => probe.manifests.is_some(),
         };
         if is_index {
-            serde_json::from_slice(bytes).map(Manifest::Index)
+            serde_json::from_slice(bytes).map(|i| Manifest::Index(Box::new(i)))
         } else {
-            serde_json::from_slice(bytes).map(Manifest::Image)
+            serde_json::from_slice(bytes).map(|m| Manifest::Image(Box::new(m)))
         }
         .map_err(|e| bad(e.to_string()))
     }
 
-    fn bad_manifest(&self, digest: &Digest, detail: &str) -> PullError {
-        PullError::BadManifest {
+    fn bad_manifest(&self, digest: &Digest, detail: &str) -> RegistryError {
+        RegistryError::BadManifest {
             reference: self.image.to_string(),
             digest: digest.clone(),
             detail: detail.to_owned(),
@@ -598,7 +598,7 @@ impl Job {
 
     /// The index entry for the requested platform; a requested variant must match, an
     /// unrequested one matches any.
-    fn choose_platform(&self, index: &ImageIndex) -> Result<Digest, PullError> {
+    fn choose_platform(&self, index: &ImageIndex) -> Result<Digest, RegistryError> {
         let wanted = &self.inner.options.platform;
         let entries: Vec<_> = index
             .manifests()
@@ -615,7 +615,7 @@ impl Job {
         });
         match chosen {
             Some((entry, _)) => Ok(Digest::parse(entry.digest().as_ref())?),
-            None => Err(PullError::NoPlatform {
+            None => Err(RegistryError::NoPlatform {
                 reference: self.image.to_string(),
                 wanted: wanted.to_string(),
                 available: entries
@@ -632,7 +632,7 @@ impl Job {
 
     /// Fetches `blobs` with bounded concurrency; the paths come back in the same order.
     /// The first failure cancels the rest (their temp files go with them).
-    async fn fetch_all(self: &Arc<Self>, blobs: Vec<Blob>) -> Result<Vec<PathBuf>, PullError> {
+    async fn fetch_all(self: &Arc<Self>, blobs: Vec<Blob>) -> Result<Vec<PathBuf>, RegistryError> {
         let permits = Arc::new(Semaphore::new(
             self.inner.options.max_concurrent_downloads.max(1),
         ));
@@ -660,7 +660,7 @@ impl Job {
     }
 
     /// One blob into the cache: skipped when present, else downloaded, resumed on failure.
-    async fn fetch_blob(&self, blob: &Blob) -> Result<PathBuf, PullError> {
+    async fn fetch_blob(&self, blob: &Blob) -> Result<PathBuf, RegistryError> {
         let Blob { digest, size, .. } = blob;
         if self.cache().contains(digest, *size) {
             self.stats.cached.fetch_add(1, Ordering::Relaxed);
@@ -671,7 +671,7 @@ impl Job {
             return Ok(self.cache().blob_path(digest));
         }
         if self.policy() == PullPolicy::Never {
-            return Err(PullError::NotCached {
+            return Err(RegistryError::NotCached {
                 what: format!("blob {digest} of {}", self.image),
             });
         }
@@ -715,7 +715,7 @@ impl Job {
             .await?;
         if offset > 0 {
             if whole {
-                partial.restart().map_err(PullError::from)?;
+                partial.restart().map_err(RegistryError::from)?;
             } else {
                 self.stats.resumed.fetch_add(1, Ordering::Relaxed);
             }
@@ -726,7 +726,7 @@ impl Job {
                     self.stats
                         .bytes
                         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    partial.write(&bytes).map_err(PullError::from)?;
+                    partial.write(&bytes).map_err(RegistryError::from)?;
                     self.progress.event(&Event::Progress {
                         digest: &blob.digest,
                         done: partial.written(),
@@ -754,7 +754,7 @@ impl Job {
         &self,
         what: &str,
         attempt: impl Fn() -> F,
-    ) -> Result<T, PullError> {
+    ) -> Result<T, RegistryError> {
         let mut backoff = Backoff::new(&self.inner.options);
         loop {
             match attempt().await {
@@ -771,9 +771,9 @@ impl Job {
         backoff: &mut Backoff,
         what: &str,
         reason: String,
-    ) -> Result<(), PullError> {
+    ) -> Result<(), RegistryError> {
         let Some(delay) = backoff.next() else {
-            return Err(PullError::GaveUp {
+            return Err(RegistryError::GaveUp {
                 registry: self.endpoint.registry.clone(),
                 what: what.to_owned(),
                 attempts: backoff.attempts,
@@ -831,11 +831,11 @@ impl Backoff {
 }
 
 enum Manifest {
-    Image(ImageManifest),
-    Index(ImageIndex),
+    Image(Box<ImageManifest>),
+    Index(Box<ImageIndex>),
 }
 
-fn descriptor_blob(descriptor: &oci_spec::image::Descriptor) -> Result<Blob, PullError> {
+fn descriptor_blob(descriptor: &oci_spec::image::Descriptor) -> Result<Blob, RegistryError> {
     Ok(Blob {
         digest: Digest::parse(descriptor.digest().as_ref())?,
         size: descriptor.size(),

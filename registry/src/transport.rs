@@ -24,7 +24,7 @@ use oci_client::secrets::RegistryAuth;
 
 use crate::config::Config;
 use crate::digest::Digest;
-use crate::pull::PullError;
+use crate::pull::RegistryError;
 use crate::reference::{self, Reference};
 
 /// Manifest types a pull accepts: OCI and Docker schema 2, single images and indexes.
@@ -37,12 +37,27 @@ pub(crate) const MANIFEST_MEDIA_TYPES: [&str; 4] = [
 
 /// How a failed attempt is handled: given up on at once, or retried after a backoff.
 pub(crate) enum Failure {
-    Fatal(PullError),
+    Fatal(RegistryError),
     Transient(String),
 }
 
-impl From<PullError> for Failure {
-    fn from(error: PullError) -> Failure {
+impl Failure {
+    /// The error for an operation that is not retried (pushes make one attempt).
+    pub(crate) fn into_error(self, registry: &str, what: &str) -> RegistryError {
+        match self {
+            Failure::Fatal(error) => error,
+            Failure::Transient(reason) => RegistryError::GaveUp {
+                registry: registry.to_owned(),
+                what: what.to_owned(),
+                attempts: 1,
+                reason,
+            },
+        }
+    }
+}
+
+impl From<RegistryError> for Failure {
+    fn from(error: RegistryError) -> Failure {
         Failure::Fatal(error)
     }
 }
@@ -77,7 +92,7 @@ impl Endpoint {
         repository: &str,
         connect_timeout: Duration,
         read_gap: Duration,
-    ) -> Result<Endpoint, PullError> {
+    ) -> Result<Endpoint, RegistryError> {
         // reqwest is built without a default provider (aws-lc is slow to build); a provider
         // the host program installed first is kept.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -100,7 +115,7 @@ impl Endpoint {
             ..ClientConfig::default()
         };
         if let Some(ca_file) = &settings.ca_file {
-            let data = std::fs::read(ca_file).map_err(|e| PullError::CaFile {
+            let data = std::fs::read(ca_file).map_err(|e| RegistryError::CaFile {
                 registry: registry.to_owned(),
                 path: ca_file.clone(),
                 detail: e.to_string(),
@@ -112,7 +127,7 @@ impl Endpoint {
         }
         let ca_path = settings.ca_file.clone().unwrap_or_default();
         let client =
-            oci_client::Client::try_from(client_config).map_err(|e| PullError::CaFile {
+            oci_client::Client::try_from(client_config).map_err(|e| RegistryError::CaFile {
                 registry: registry.to_owned(),
                 path: ca_path,
                 detail: error_chain(&e),
@@ -254,7 +269,7 @@ impl Endpoint {
     /// Classifies an `oci-client` error for `image` on this endpoint.
     pub(crate) fn failure(&self, error: OciDistributionError, image: &Reference) -> Failure {
         let not_found = || {
-            Failure::Fatal(PullError::NotFound {
+            Failure::Fatal(RegistryError::NotFound {
                 reference: image.with_registry(&self.registry).to_string(),
             })
         };
@@ -314,7 +329,7 @@ impl Endpoint {
     /// Classifies an error from the HTTP layer (connecting, TLS, reading the body).
     pub(crate) fn network_failure(&self, error: &(dyn StdError + 'static)) -> Failure {
         if let Some(tls) = find::<rustls::Error>(error) {
-            return Failure::Fatal(PullError::Certificate {
+            return Failure::Fatal(RegistryError::Certificate {
                 registry: self.registry.clone(),
                 detail: tls.to_string(),
                 config: self.config_path.clone(),
@@ -334,16 +349,16 @@ impl Endpoint {
         }
     }
 
-    fn auth_error(&self) -> PullError {
+    fn auth_error(&self) -> RegistryError {
         let (registry, config) = (self.registry.clone(), self.config_path.clone());
         match self.auth {
-            RegistryAuth::Anonymous => PullError::AuthRequired { registry, config },
-            _ => PullError::AuthFailed { registry, config },
+            RegistryAuth::Anonymous => RegistryError::AuthRequired { registry, config },
+            _ => RegistryError::AuthFailed { registry, config },
         }
     }
 
-    fn registry_error(&self, detail: String) -> PullError {
-        PullError::Registry {
+    fn registry_error(&self, detail: String) -> RegistryError {
+        RegistryError::Server {
             registry: self.registry.clone(),
             detail,
         }

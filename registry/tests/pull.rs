@@ -9,7 +9,7 @@ use common::proxy::{Fault, Proxy};
 use common::{blob_files, counter, puller, puller_with};
 use smolvm_registry::testutil::{self, Format, Security, TestRegistry};
 use smolvm_registry::{
-    CacheError, Config, Platform, PullError, PullOptions, PullPolicy, Reference,
+    CacheError, Config, Platform, PullOptions, PullPolicy, Reference, RegistryError,
 };
 
 fn reference(text: &str) -> Reference {
@@ -209,7 +209,7 @@ async fn wrong_or_missing_credentials_say_what_to_do() {
         .pull(&image, counter())
         .await
         .unwrap_err();
-    assert!(matches!(err, PullError::AuthRequired { .. }), "{err}");
+    assert!(matches!(err, RegistryError::AuthRequired { .. }), "{err}");
     assert!(err.to_string().starts_with(&format!(
         "{host} requires authentication: run smolvm login {host}"
     )));
@@ -257,7 +257,10 @@ async fn tls_with_auth_needs_the_test_ca() {
         "a certificate error is not retried"
     );
     let message = err.to_string();
-    assert!(matches!(err, PullError::Certificate { .. }), "{message}");
+    assert!(
+        matches!(err, RegistryError::Certificate { .. }),
+        "{message}"
+    );
     assert!(
         message.starts_with(&format!(
             "TLS certificate of {} was rejected (",
@@ -291,7 +294,7 @@ async fn a_tampered_blob_is_rejected_and_leaves_nothing_behind() {
         .await
         .unwrap_err();
     match &err {
-        PullError::Cache(CacheError::Mismatch {
+        RegistryError::Cache(CacheError::Mismatch {
             digest,
             expected_size,
             actual_size,
@@ -431,7 +434,7 @@ async fn a_stalled_registry_hits_the_read_gap_timeout() {
         started.elapsed()
     );
     let message = err.to_string();
-    assert!(matches!(err, PullError::GaveUp { .. }), "{message}");
+    assert!(matches!(err, RegistryError::GaveUp { .. }), "{message}");
     assert!(
         message.contains(&format!(
             "no data from {} for 400ms (read timeout)",

@@ -1,16 +1,15 @@
 //! Pushing fixture images and indexes to a [`TestRegistry`], as OCI or Docker schema 2.
 
 use std::io;
-use std::time::Duration;
 
 use bytes::Bytes;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::fixtures::Image;
 use super::server::TestRegistry;
 use crate::digest::Digest;
+use crate::push::Pusher;
 use crate::reference::Reference;
-use crate::transport::{Endpoint, Failure};
 
 /// Which manifest flavour to push.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,33 +70,32 @@ pub struct PushedImage {
     pub architecture: String,
 }
 
-async fn endpoint(
-    registry: &TestRegistry,
-    reference: &str,
-) -> io::Result<(Endpoint, Reference, String)> {
+/// A pusher for `reference` (relative to the registry) with the registry's credentials.
+async fn connect(registry: &TestRegistry, reference: &str) -> io::Result<(Pusher, Reference)> {
     let image = Reference::parse(&format!("{}/{reference}", registry.host()), None)
         .map_err(io::Error::other)?;
     let dir = tempfile::tempdir()?;
     let config = registry.write_config(&dir.path().join("config.toml"));
-    let timeout = Duration::from_secs(30);
-    let endpoint = Endpoint::new(
-        &config,
-        registry.host(),
-        image.repository(),
-        timeout,
-        timeout,
-    )
-    .await
-    .map_err(io::Error::other)?;
-    let tag = image.tag().unwrap_or("latest").to_owned();
-    Ok((endpoint, image, tag))
+    let pusher = Pusher::connect(&config, &image)
+        .await
+        .map_err(io::Error::other)?;
+    Ok((pusher, image))
 }
 
-fn failed(failure: Failure) -> io::Error {
-    match failure {
-        Failure::Fatal(e) => io::Error::other(e),
-        Failure::Transient(reason) => io::Error::other(reason),
-    }
+/// Pushes `manifest` (mediaType set explicitly: registries need it to tell manifests from
+/// indexes) and returns its digest and size.
+async fn push_manifest(
+    pusher: &Pusher,
+    manifest: &Value,
+    media_type: &str,
+) -> io::Result<(Digest, u64)> {
+    let bytes = Bytes::from(serde_json::to_vec(manifest)?);
+    let size = bytes.len() as u64;
+    let digest = pusher
+        .push_manifest(bytes, media_type)
+        .await
+        .map_err(io::Error::other)?;
+    Ok((digest, size))
 }
 
 /// Pushes `image` as `reference` (`repository:tag`, relative to the registry).
@@ -107,46 +105,42 @@ pub async fn push_image(
     image: &Image,
     format: Format,
 ) -> io::Result<PushedImage> {
-    let (endpoint, target, tag) = endpoint(registry, reference).await?;
-    let config = Bytes::from(image.config_json());
-    let config_digest = Digest::of(&config);
+    let (pusher, target) = connect(registry, reference).await?;
     let mut layers = Vec::new();
+    let mut descriptors = Vec::new();
     for layer in &image.layers {
-        let digest = Digest::of(&layer.data);
-        endpoint
-            .push_blob(&target, &digest, Bytes::from(layer.data.clone()))
+        let digest = pusher
+            .push_blob(Bytes::from(layer.data.clone()))
             .await
-            .map_err(failed)?;
-        layers.push(json!({
+            .map_err(io::Error::other)?;
+        descriptors.push(json!({
             "mediaType": format.layer(layer.media_type),
             "digest": digest.as_str(),
             "size": layer.data.len(),
         }));
+        layers.push(digest);
     }
-    endpoint
-        .push_blob(&target, &config_digest, config.clone())
+    let config = image.config_json();
+    let config_size = config.len();
+    let config_digest = pusher
+        .push_blob(Bytes::from(config))
         .await
-        .map_err(failed)?;
-    // mediaType is set explicitly: registries need it to tell manifests from indexes.
-    let manifest = serde_json::to_vec(&json!({
+        .map_err(io::Error::other)?;
+    let manifest = json!({
         "schemaVersion": 2,
         "mediaType": format.manifest(),
-        "config": { "mediaType": format.config(), "digest": config_digest.as_str(), "size": config.len() },
-        "layers": layers,
-    }))?;
-    let manifest_digest = Digest::of(&manifest);
-    let manifest_size = manifest.len() as u64;
-    endpoint
-        .push_manifest(&target, &tag, Bytes::from(manifest), format.manifest())
-        .await
-        .map_err(failed)?;
+        "config": { "mediaType": format.config(), "digest": config_digest.as_str(), "size": config_size },
+        "layers": descriptors,
+    });
+    let (manifest_digest, manifest_size) =
+        push_manifest(&pusher, &manifest, format.manifest()).await?;
     Ok(PushedImage {
         reference: target.to_string(),
         manifest_digest,
         manifest_size,
         media_type: format.manifest(),
         config_digest,
-        layers: image.layers.iter().map(|l| Digest::of(&l.data)).collect(),
+        layers,
         architecture: image.architecture.clone(),
     })
 }
@@ -159,7 +153,7 @@ pub async fn push_index(
     images: &[&PushedImage],
     format: Format,
 ) -> io::Result<Digest> {
-    let (endpoint, target, tag) = endpoint(registry, reference).await?;
+    let (pusher, _) = connect(registry, reference).await?;
     let manifests: Vec<_> = images
         .iter()
         .map(|image| {
@@ -171,15 +165,6 @@ pub async fn push_index(
             })
         })
         .collect();
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": format.index(),
-        "manifests": manifests,
-    }))?;
-    let digest = Digest::of(&index);
-    endpoint
-        .push_manifest(&target, &tag, Bytes::from(index), format.index())
-        .await
-        .map_err(failed)?;
-    Ok(digest)
+    let index = json!({ "schemaVersion": 2, "mediaType": format.index(), "manifests": manifests });
+    Ok(push_manifest(&pusher, &index, format.index()).await?.0)
 }
