@@ -1,7 +1,7 @@
 //! Command-line definitions. Flags follow the habits of docker and of the reference smolvm
 //! (`-I/--image`, `-n/--name`, `-e/--env`, `-w/--workdir`, `-i`, `-t`, ...).
 
-use crate::machine;
+use crate::{machine, smolfile_cmd};
 use clap::{CommandFactory, Parser, Subcommand};
 use clap_complete::Shell;
 
@@ -26,6 +26,9 @@ enum Command {
     /// Run and manage microVMs
     #[command(subcommand)]
     Machine(machine::MachineCommand),
+    /// Check Smolfiles and print their schema
+    #[command(subcommand)]
+    Smolfile(smolfile_cmd::SmolfileCommand),
     /// Print a shell completion script (e.g. `smolvm completions bash > /etc/bash_completion.d/smolvm`)
     Completions {
         #[arg(value_enum)]
@@ -41,6 +44,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
     match cli.command {
         Some(Command::Machine(m)) => machine::dispatch(m),
+        Some(Command::Smolfile(s)) => smolfile_cmd::dispatch(s),
         Some(Command::Completions { shell }) => {
             clap_complete::generate(shell, &mut Cli::command(), "smolvm", &mut std::io::stdout());
             Ok(0)

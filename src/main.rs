@@ -3,6 +3,7 @@
 
 mod cli;
 mod machine;
+mod smolfile_cmd;
 
 use clap::Parser;
 use std::process::ExitCode;

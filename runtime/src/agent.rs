@@ -2,8 +2,8 @@
 
 use crate::trace;
 use smolvm_protocol::{
-    Body, ErrorReply, Exec, Frame, FrameReader, Hello, Message, Mux, MuxError, PROTOCOL, ReadError, Ready, Setup, Stream,
-    VersionRange, write_frame,
+    Body, ErrorReply, Exec, Frame, FrameReader, Hello, Message, Mux, MuxError, PROTOCOL, ReadError,
+    Ready, Setup, Stream, VersionRange, write_frame,
 };
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -50,21 +50,42 @@ impl AgentClient {
         let mut reader = FrameReader::new(r);
         let ready = match next_connection_message(&mut reader).await? {
             Message::Ready(r) => r,
-            other => return Err(AgentError::Unexpected(format!("{other:?} instead of ready"))),
+            other => {
+                return Err(AgentError::Unexpected(format!(
+                    "{other:?} instead of ready"
+                )));
+            }
         };
         trace::mark("agent ready");
-        let version = PROTOCOL.negotiate(ready.protocol).ok_or(AgentError::Version { agent: ready.protocol })?;
+        let version = PROTOCOL
+            .negotiate(ready.protocol)
+            .ok_or(AgentError::Version {
+                agent: ready.protocol,
+            })?;
         let unix_time_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        write_frame(&mut w, &Frame::control(0, Message::Hello(Hello { version, unix_time_ns })))
-            .await
-            .map_err(|e| AgentError::Handshake(e.to_string()))?;
+        write_frame(
+            &mut w,
+            &Frame::control(
+                0,
+                Message::Hello(Hello {
+                    version,
+                    unix_time_ns,
+                }),
+            ),
+        )
+        .await
+        .map_err(|e| AgentError::Handshake(e.to_string()))?;
         match next_connection_message(&mut reader).await? {
             Message::HelloOk { version: v } if v == version => {}
             Message::Error(e) => return Err(AgentError::Remote(e)),
-            other => return Err(AgentError::Unexpected(format!("{other:?} instead of hello_ok"))),
+            other => {
+                return Err(AgentError::Unexpected(format!(
+                    "{other:?} instead of hello_ok"
+                )));
+            }
         }
         let (mux, _) = Mux::start(reader, w, false);
         Ok(AgentClient { mux, ready })
@@ -74,10 +95,10 @@ impl AgentClient {
     async fn request(&self, message: Message) -> Result<Message, AgentError> {
         let mut stream = self.mux.open(message)?;
         while let Some(ev) = stream.recv().await {
-            if let smolvm_protocol::Event::Control(m) = ev {
-                if m.ends_stream() {
-                    return Ok(m);
-                }
+            if let smolvm_protocol::Event::Control(m) = ev
+                && m.ends_stream()
+            {
+                return Ok(m);
             }
         }
         Err(MuxError::Closed(self.mux.close_reason().unwrap_or_default()).into())
@@ -116,10 +137,17 @@ impl AgentClient {
     }
 }
 
-async fn next_connection_message<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> Result<Message, AgentError> {
+async fn next_connection_message<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+) -> Result<Message, AgentError> {
     match reader.read_frame().await? {
-        Some(Frame { stream: 0, body: Body::Control(m) }) => Ok(m),
-        Some(other) => Err(AgentError::Unexpected(format!("{other:?} during the handshake"))),
+        Some(Frame {
+            stream: 0,
+            body: Body::Control(m),
+        }) => Ok(m),
+        Some(other) => Err(AgentError::Unexpected(format!(
+            "{other:?} during the handshake"
+        ))),
         None => Err(AgentError::HandshakeEof),
     }
 }

@@ -28,18 +28,30 @@ impl GuestAssets {
         let mut dirs = Vec::new();
         if let Some(d) = std::env::var_os("SMOLVM_GUEST_DIR") {
             dirs.push(PathBuf::from(d));
-        } else if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        } else if let Some(exe_dir) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_path_buf))
+        {
             dirs.push(exe_dir.join("../share/smolvm/guest"));
             dirs.push(exe_dir.join("../guest"));
         }
-        dirs.iter().find_map(|d| GuestAssets::in_dir(d)).ok_or_else(|| AssetsNotFound {
-            searched: dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
-        })
+        dirs.iter()
+            .find_map(|d| GuestAssets::in_dir(d))
+            .ok_or_else(|| AssetsNotFound {
+                searched: dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     /// The assets in `dir`, if both files are there.
     pub fn in_dir(dir: &Path) -> Option<GuestAssets> {
-        let a = GuestAssets { kernel: dir.join(KERNEL_FILE), initramfs: dir.join(INITRAMFS_FILE) };
+        let a = GuestAssets {
+            kernel: dir.join(KERNEL_FILE),
+            initramfs: dir.join(INITRAMFS_FILE),
+        };
         (a.kernel.is_file() && a.initramfs.is_file()).then(|| GuestAssets {
             kernel: a.kernel.canonicalize().unwrap_or(a.kernel),
             initramfs: a.initramfs.canonicalize().unwrap_or(a.initramfs),

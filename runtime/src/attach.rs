@@ -21,7 +21,11 @@ pub enum Outcome {
 /// on a PTY; our terminal goes raw and resizes are forwarded.
 pub async fn attach(stream: Stream, stdin: bool, tty: bool) -> Outcome {
     let (tx, mut rx) = stream.split();
-    let _raw = if tty && terminal::is_tty(0) { RawMode::enable(0).ok() } else { None };
+    let _raw = if tty && terminal::is_tty(0) {
+        RawMode::enable(0).ok()
+    } else {
+        None
+    };
     let stdin_task = stdin.then(|| tokio::spawn(forward_stdin(tx.clone())));
     let signals = tokio::spawn(forward_signals(tx.clone(), tty));
     let mut out = tokio::io::stdout();
@@ -29,7 +33,9 @@ pub async fn attach(stream: Stream, stdin: bool, tty: bool) -> Outcome {
     let mut first_output = true;
     let outcome = loop {
         let Some(ev) = rx.recv().await else {
-            break Outcome::Lost("the connection to the VM closed before the command finished".into());
+            break Outcome::Lost(
+                "the connection to the VM closed before the command finished".into(),
+            );
         };
         match ev {
             Event::Data(ch, data) => {
@@ -37,8 +43,11 @@ pub async fn attach(stream: Stream, stdin: bool, tty: bool) -> Outcome {
                     trace::mark("first output");
                     first_output = false;
                 }
-                let w: &mut (dyn tokio::io::AsyncWrite + Unpin + Send) =
-                    if ch == Channel::Stderr { &mut err } else { &mut out };
+                let w: &mut (dyn tokio::io::AsyncWrite + Unpin + Send) = if ch == Channel::Stderr {
+                    &mut err
+                } else {
+                    &mut out
+                };
                 // A closed stdout (`smolvm ... | head`) is not an error for the command: keep
                 // draining so it can finish, as a local pipeline would.
                 if w.write_all(&data).await.is_ok() {
@@ -80,14 +89,23 @@ async fn forward_stdin(tx: StreamSender) {
 
 /// Signals sent to us reach the command; with a PTY, window changes become resizes.
 async fn forward_signals(tx: StreamSender, tty: bool) {
-    let kinds = [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup(), SignalKind::quit()];
+    let kinds = [
+        SignalKind::interrupt(),
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+        SignalKind::quit(),
+    ];
     let mut streams = Vec::new();
     for k in kinds {
         if let Ok(s) = signal(k) {
             streams.push((k, s));
         }
     }
-    let mut winch = if tty { signal(SignalKind::window_change()).ok() } else { None };
+    let mut winch = if tty {
+        signal(SignalKind::window_change()).ok()
+    } else {
+        None
+    };
     loop {
         let recv_any = futures_select(&mut streams);
         tokio::select! {
@@ -95,8 +113,10 @@ async fn forward_signals(tx: StreamSender, tty: bool) {
                 if tx.send(Message::Signal { signal: k.as_raw_value() }).is_err() { return; }
             }
             Some(_) = async { match winch.as_mut() { Some(w) => w.recv().await, None => std::future::pending().await } } => {
-                if let Some(size) = terminal::size(0) {
-                    if tx.send(Message::Resize(size)).is_err() { return; }
+                if let Some(size) = terminal::size(0)
+                    && tx.send(Message::Resize(size)).is_err()
+                {
+                    return;
                 }
             }
         }

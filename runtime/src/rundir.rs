@@ -51,14 +51,22 @@ fn base_dir() -> io::Result<PathBuf> {
     match std::fs::DirBuilder::new().mode(0o700).create(&base) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io::Error::new(e.kind(), format!("creating {}: {e}", base.display()))),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("creating {}: {e}", base.display()),
+            ));
+        }
     }
     // In a shared /tmp someone else could have made it first: it must be ours and private.
     let meta = std::fs::symlink_metadata(&base)?;
     if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o077 != 0 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
-            format!("{} is not a private directory owned by uid {uid}; remove it and retry", base.display()),
+            format!(
+                "{} is not a private directory owned by uid {uid}; remove it and retry",
+                base.display()
+            ),
         ));
     }
     Ok(base)
@@ -66,10 +74,14 @@ fn base_dir() -> io::Result<PathBuf> {
 
 /// Removes directories whose owning process no longer exists.
 fn sweep(base: &Path) {
-    let Ok(entries) = std::fs::read_dir(base) else { return };
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.split('-').nth(1).and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let Some(pid) = name.split('-').nth(1).and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
         if !process_alive(pid) {
             let _ = std::fs::remove_dir_all(e.path());
         }
@@ -89,13 +101,19 @@ mod tests {
     fn directories_are_private_removed_on_drop_and_stale_ones_swept() {
         let d = RunDir::create("test").unwrap();
         let path = d.path().to_path_buf();
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         // A directory left by a process that no longer exists (pid 2^22+1 is above pid_max).
         let stale = path.parent().unwrap().join("test-4194305-0");
         std::fs::create_dir_all(&stale).unwrap();
         let d2 = RunDir::create("test").unwrap();
         assert!(!stale.exists(), "stale directory was not swept");
-        assert!(path.exists(), "a live process's directory must survive the sweep");
+        assert!(
+            path.exists(),
+            "a live process's directory must survive the sweep"
+        );
         drop(d);
         assert!(!path.exists());
         drop(d2);

@@ -13,7 +13,10 @@ pub fn size(fd: RawFd) -> Option<TtySize> {
     // SAFETY: TIOCGWINSZ writes a winsize into valid memory.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
-    (r == 0 && ws.ws_row > 0).then_some(TtySize { rows: ws.ws_row, cols: ws.ws_col })
+    (r == 0 && ws.ws_row > 0).then_some(TtySize {
+        rows: ws.ws_row,
+        cols: ws.ws_col,
+    })
 }
 
 /// Puts a terminal in raw mode (keys go to the guest untouched: Ctrl-C becomes a byte the

@@ -37,12 +37,21 @@ pub enum VmError {
     #[error("creating the VM's runtime directory: {0}")]
     RunDir(std::io::Error),
     #[error("listening on the agent socket {path}: {source}")]
-    Listen { path: String, source: std::io::Error },
+    Listen {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("starting the VMM ({vmm}): {source}")]
     Spawn { vmm: String, source: std::io::Error },
     #[error("the VM stopped before its agent answered ({vmm} {status}){log}")]
-    EarlyExit { vmm: String, status: String, log: String },
-    #[error("the VM did not answer within {secs} s ({vmm}); set SMOLVM_BOOT_TIMEOUT to wait longer{log}")]
+    EarlyExit {
+        vmm: String,
+        status: String,
+        log: String,
+    },
+    #[error(
+        "the VM did not answer within {secs} s ({vmm}); set SMOLVM_BOOT_TIMEOUT to wait longer{log}"
+    )]
     BootTimeout { vmm: String, secs: u64, log: String },
     #[error(transparent)]
     Agent(#[from] AgentError),
@@ -61,7 +70,12 @@ impl Vm {
         let assets = GuestAssets::locate()?;
         let backend = backend::select(spec.backend)?;
         let run_dir = RunDir::create("vm").map_err(VmError::RunDir)?;
-        let mut cfg = VmConfig::new(spec.cpus, spec.memory_mib, assets, run_dir.path().to_path_buf())?;
+        let mut cfg = VmConfig::new(
+            spec.cpus,
+            spec.memory_mib,
+            assets,
+            run_dir.path().to_path_buf(),
+        )?;
         cfg.disks = spec.disks.clone();
         trace::mark(&format!("config ready ({})", backend.describe()));
 
@@ -93,7 +107,10 @@ impl Vm {
         let mut child = tokio::process::Command::from(cmd)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| VmError::Spawn { vmm: vmm.clone(), source })?;
+            .map_err(|source| VmError::Spawn {
+                vmm: vmm.clone(),
+                source,
+            })?;
         trace::mark("vmm spawned");
 
         let limit = std::env::var("SMOLVM_BOOT_TIMEOUT")
@@ -137,10 +154,21 @@ impl Vm {
         let host_ready = trace::now_ms();
         let r = &agent.ready;
         // The guest's clock starts at kernel entry; map its timestamps onto ours.
-        trace::at(host_ready - (r.ready_us as f64 / 1000.0), "kernel entry (from guest boot clock)");
-        trace::at(host_ready - ((r.ready_us - r.init_us) as f64 / 1000.0), "agent (PID 1) started");
+        trace::at(
+            host_ready - (r.ready_us as f64 / 1000.0),
+            "kernel entry (from guest boot clock)",
+        );
+        trace::at(
+            host_ready - ((r.ready_us - r.init_us) as f64 / 1000.0),
+            "agent (PID 1) started",
+        );
         trace::mark("agent handshake done");
-        Ok(Vm { agent, child, backend: vmm, run_dir })
+        Ok(Vm {
+            agent,
+            child,
+            backend: vmm,
+            run_dir,
+        })
     }
 
     pub fn agent(&self) -> &AgentClient {
@@ -154,7 +182,10 @@ impl Vm {
     /// Asks the guest to power off and waits for the VMM to exit (killing it if it does not).
     pub async fn shutdown(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.agent.shutdown()).await;
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
             let _ = self.child.kill().await;
         }
         trace::mark("vm stopped");
@@ -174,7 +205,9 @@ impl Vm {
 fn log_tail(run_dir: &Path) -> String {
     let mut out = String::new();
     for (name, what) in [("vmm.log", "VMM output"), ("console.log", "guest console")] {
-        let Ok(text) = std::fs::read_to_string(run_dir.join(name)) else { continue };
+        let Ok(text) = std::fs::read_to_string(run_dir.join(name)) else {
+            continue;
+        };
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         if lines.is_empty() {
             continue;

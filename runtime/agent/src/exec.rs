@@ -6,7 +6,8 @@ use crate::fdio::{FdStream, owned};
 use crate::reaper::{self, WaitStatus};
 use crate::{sys, user};
 use smolvm_protocol::{
-    Channel, ErrorKind, ErrorReply, Event, Exec, ExitStatus, Message, Stream, StreamReceiver, StreamSender, TtySize,
+    Channel, ErrorKind, ErrorReply, Event, Exec, ExitStatus, Message, Stream, StreamReceiver,
+    StreamSender, TtySize,
 };
 use std::collections::VecDeque;
 use std::ffi::CString;
@@ -49,18 +50,27 @@ fn error(kind: ErrorKind, message: String) -> ErrorReply {
 }
 
 fn cstring(s: &str, what: &str) -> Result<CString, ErrorReply> {
-    CString::new(s).map_err(|_| error(ErrorKind::InvalidRequest, format!("{what} contains a NUL byte")))
+    CString::new(s).map_err(|_| {
+        error(
+            ErrorKind::InvalidRequest,
+            format!("{what} contains a NUL byte"),
+        )
+    })
 }
 
 fn start(req: &Exec, root: &Path) -> Result<Process, ErrorReply> {
     let Some(program) = req.argv.first() else {
         return Err(error(ErrorKind::InvalidRequest, "empty command".into()));
     };
-    let user = user::resolve(root, req.user.as_deref()).map_err(|m| error(ErrorKind::InvalidRequest, m))?;
+    let user = user::resolve(root, req.user.as_deref())
+        .map_err(|m| error(ErrorKind::InvalidRequest, m))?;
     let env = environment(req, &user.home);
     let workdir = req.workdir.clone().unwrap_or_else(|| "/".into());
     if !workdir.starts_with('/') {
-        return Err(error(ErrorKind::InvalidRequest, format!("working directory {workdir:?} must be an absolute path")));
+        return Err(error(
+            ErrorKind::InvalidRequest,
+            format!("working directory {workdir:?} must be an absolute path"),
+        ));
     }
 
     // Everything the child needs after fork is prepared here: the pre-exec hook may not allocate.
@@ -77,12 +87,21 @@ fn start(req: &Exec, root: &Path) -> Result<Process, ErrorReply> {
     let (uid, gid) = (user.uid, user.gid);
 
     let mut cmd = Command::new(program);
-    cmd.args(&req.argv[1..]).env_clear().envs(env.iter().filter_map(|kv| kv.split_once('=')));
+    cmd.args(&req.argv[1..])
+        .env_clear()
+        .envs(env.iter().filter_map(|kv| kv.split_once('=')));
 
-    let mut process = Process { pid: 0, exit: oneshot::channel().1, stdin: None, outputs: vec![], pty: None };
+    let mut process = Process {
+        pid: 0,
+        exit: oneshot::channel().1,
+        stdin: None,
+        outputs: vec![],
+        pty: None,
+    };
     let tty = req.tty;
     if let Some(size) = tty {
-        let (master, slave) = openpty(size).map_err(|e| error(ErrorKind::Io, format!("allocating a PTY: {e}")))?;
+        let (master, slave) =
+            openpty(size).map_err(|e| error(ErrorKind::Io, format!("allocating a PTY: {e}")))?;
         // The terminal is the process's stdin even when the host sends none, as with `docker run -t`.
         cmd.stdin(Stdio::from(slave.try_clone().map_err(io_err)?));
         cmd.stdout(Stdio::from(slave.try_clone().map_err(io_err)?));
@@ -92,14 +111,24 @@ fn start(req: &Exec, root: &Path) -> Result<Process, ErrorReply> {
         process.outputs.push((Channel::Stdout, Box::new(r)));
         process.stdin = Some(Box::new(w));
     } else {
-        cmd.stdin(if req.stdin { Stdio::piped() } else { Stdio::null() });
+        cmd.stdin(if req.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
 
     // SAFETY: the hook only makes async-signal-safe syscalls on data prepared above.
     unsafe {
         cmd.pre_exec(move || {
-            let ok = |r: libc::c_int| if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) };
+            let ok = |r: libc::c_int| {
+                if r < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            };
             ok(libc::chroot(root_c.as_ptr()))?;
             ok(libc::chdir(c"/".as_ptr()))?;
             for p in &prefixes {
@@ -117,17 +146,26 @@ fn start(req: &Exec, root: &Path) -> Result<Process, ErrorReply> {
         });
     }
 
-    let (mut child, exit) = reaper::spawn(&mut cmd).map_err(|e| spawn_error(program, &workdir, e))?;
+    let (mut child, exit) =
+        reaper::spawn(&mut cmd).map_err(|e| spawn_error(program, &workdir, e))?;
     process.pid = child.id() as i32;
     process.exit = exit;
     if tty.is_none() {
         if let Some(stdin) = child.stdin.take() {
-            process.stdin = Some(Box::new(FdStream::new(OwnedFd::from(stdin)).map_err(io_err)?));
+            process.stdin = Some(Box::new(
+                FdStream::new(OwnedFd::from(stdin)).map_err(io_err)?,
+            ));
         }
         let out = child.stdout.take().expect("piped");
         let err = child.stderr.take().expect("piped");
-        process.outputs.push((Channel::Stdout, Box::new(FdStream::new(OwnedFd::from(out)).map_err(io_err)?)));
-        process.outputs.push((Channel::Stderr, Box::new(FdStream::new(OwnedFd::from(err)).map_err(io_err)?)));
+        process.outputs.push((
+            Channel::Stdout,
+            Box::new(FdStream::new(OwnedFd::from(out)).map_err(io_err)?),
+        ));
+        process.outputs.push((
+            Channel::Stderr,
+            Box::new(FdStream::new(OwnedFd::from(err)).map_err(io_err)?),
+        ));
     }
     // `cmd` still holds the parent's copies of the PTY slave: drop them so the master sees
     // EOF when the process and its children are gone.
@@ -141,15 +179,24 @@ fn io_err(e: io::Error) -> ErrorReply {
 
 fn spawn_error(program: &str, workdir: &str, e: io::Error) -> ErrorReply {
     match e.raw_os_error() {
-        Some(libc::ENOENT) if !program.contains('/') => {
-            error(ErrorKind::NotFound, format!("{program}: command not found in PATH"))
-        }
-        Some(libc::ENOENT) => error(ErrorKind::NotFound, format!("{program}: no such file or directory")),
+        Some(libc::ENOENT) if !program.contains('/') => error(
+            ErrorKind::NotFound,
+            format!("{program}: command not found in PATH"),
+        ),
+        Some(libc::ENOENT) => error(
+            ErrorKind::NotFound,
+            format!("{program}: no such file or directory"),
+        ),
         Some(libc::EACCES) => error(
             ErrorKind::PermissionDenied,
-            format!("{program}: permission denied (not executable, or {workdir} is not accessible)"),
+            format!(
+                "{program}: permission denied (not executable, or {workdir} is not accessible)"
+            ),
         ),
-        Some(libc::ENOEXEC) => error(ErrorKind::PermissionDenied, format!("{program}: exec format error")),
+        Some(libc::ENOEXEC) => error(
+            ErrorKind::PermissionDenied,
+            format!("{program}: exec format error"),
+        ),
         _ => error(ErrorKind::Io, format!("starting {program}: {e}")),
     }
 }
@@ -157,7 +204,10 @@ fn spawn_error(program: &str, workdir: &str, e: io::Error) -> ErrorReply {
 /// The request's environment, completed with what a login would provide.
 fn environment(req: &Exec, home: &str) -> Vec<String> {
     let mut env = req.env.clone();
-    let has = |env: &[String], key: &str| env.iter().any(|kv| kv.split_once('=').is_some_and(|(k, _)| k == key));
+    let has = |env: &[String], key: &str| {
+        env.iter()
+            .any(|kv| kv.split_once('=').is_some_and(|(k, _)| k == key))
+    };
     if !has(&env, "PATH") {
         env.push(format!("PATH={DEFAULT_PATH}"));
     }
@@ -167,10 +217,10 @@ fn environment(req: &Exec, home: &str) -> Vec<String> {
     if req.tty.is_some() && !has(&env, "TERM") {
         env.push("TERM=xterm".into());
     }
-    if !has(&env, "HOSTNAME") {
-        if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-            env.push(format!("HOSTNAME={}", h.trim()));
-        }
+    if !has(&env, "HOSTNAME")
+        && let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    {
+        env.push(format!("HOSTNAME={}", h.trim()));
     }
     env
 }
@@ -179,7 +229,15 @@ fn openpty(size: TtySize) -> io::Result<(OwnedFd, OwnedFd)> {
     let (mut master, mut slave) = (-1, -1);
     let ws = winsize(size);
     // SAFETY: valid out-pointers and winsize.
-    let r = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -192,11 +250,22 @@ fn openpty(size: TtySize) -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 fn winsize(size: TtySize) -> libc::winsize {
-    libc::winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 }
+    libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
 }
 
 async fn supervise(tx: StreamSender, rx: StreamReceiver, req: &Exec, process: Process) {
-    let Process { pid, mut exit, stdin, outputs, pty } = process;
+    let Process {
+        pid,
+        mut exit,
+        stdin,
+        outputs,
+        pty,
+    } = process;
     let _ = tx.send(Message::Started { pid: pid as u32 });
     let (exited_tx, exited_rx) = watch::channel(false);
     let pumps: Vec<_> = outputs
@@ -205,7 +274,9 @@ async fn supervise(tx: StreamSender, rx: StreamReceiver, req: &Exec, process: Pr
         .collect();
     let input = tokio::spawn(input(rx, stdin, pid, pty));
 
-    let deadline = req.timeout_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+    let deadline = req
+        .timeout_ms
+        .map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
     let mut timed_out = false;
     let status = loop {
         tokio::select! {
@@ -222,7 +293,10 @@ async fn supervise(tx: StreamSender, rx: StreamReceiver, req: &Exec, process: Pr
         let _ = p.await;
     }
     input.abort();
-    let mut result = ExitStatus { timed_out, ..Default::default() };
+    let mut result = ExitStatus {
+        timed_out,
+        ..Default::default()
+    };
     if libc::WIFEXITED(status) {
         result.code = Some(libc::WEXITSTATUS(status));
     } else if libc::WIFSIGNALED(status) {
@@ -266,7 +340,12 @@ async fn pump(
 
 /// Feeds stdin and handles control messages. Stdin data is queued (credit returned only once
 /// written), so a process that does not read its stdin still receives signals and resizes.
-async fn input(mut rx: StreamReceiver, mut stdin: Option<Box<dyn AsyncWrite + Send + Unpin>>, pid: i32, pty: Option<RawFd>) {
+async fn input(
+    mut rx: StreamReceiver,
+    mut stdin: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    pid: i32,
+    pty: Option<RawFd>,
+) {
     rx.manual_credit();
     let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
     let mut offset = 0;

@@ -25,13 +25,18 @@ use std::sync::{Arc, Mutex};
 fn main() {
     let init_us = sys::boottime_us();
     if std::process::id() != 1 {
-        eprintln!("smolvm-agent runs as PID 1 inside a smolvm microVM; it is not meant to be started by hand");
+        eprintln!(
+            "smolvm-agent runs as PID 1 inside a smolvm microVM; it is not meant to be started by hand"
+        );
         std::process::exit(2);
     }
     if let Err(e) = init::early_mounts() {
         fatal(&format!("early mounts failed: {e}"));
     }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => fatal(&format!("starting the runtime: {e}")),
     };
@@ -77,18 +82,38 @@ async fn serve(init_us: u64) -> Option<String> {
         return Some(format!("sending ready: {e}"));
     }
     let hello = match reader.read_frame().await {
-        Ok(Some(Frame { stream: 0, body: smolvm_protocol::Body::Control(Message::Hello(h)) })) => h,
+        Ok(Some(Frame {
+            stream: 0,
+            body: smolvm_protocol::Body::Control(Message::Hello(h)),
+        })) => h,
         Ok(other) => return Some(format!("expected hello from the host, got {other:?}")),
         Err(e) => return Some(format!("reading hello: {e}")),
     };
-    let Hello { version, unix_time_ns } = hello;
-    if PROTOCOL.negotiate(smolvm_protocol::VersionRange { min: version, max: version }).is_none() {
+    let Hello {
+        version,
+        unix_time_ns,
+    } = hello;
+    if PROTOCOL
+        .negotiate(smolvm_protocol::VersionRange {
+            min: version,
+            max: version,
+        })
+        .is_none()
+    {
         let _ = write_frame(
             &mut w,
-            &Frame::control(0, Message::error(ErrorKind::Unsupported, format!("protocol version {version} is not supported"))),
+            &Frame::control(
+                0,
+                Message::error(
+                    ErrorKind::Unsupported,
+                    format!("protocol version {version} is not supported"),
+                ),
+            ),
         )
         .await;
-        return Some(format!("host asked for unsupported protocol version {version}"));
+        return Some(format!(
+            "host asked for unsupported protocol version {version}"
+        ));
     }
     if let Err(e) = sys::set_clock(unix_time_ns) {
         eprintln!("smolvm-agent: setting the clock: {e}");
@@ -120,14 +145,20 @@ fn handle(inc: Incoming, state: Arc<State>, mux: Mux) {
             }
             Message::Setup(setup) => {
                 let reply = if state.root.lock().unwrap().is_some() {
-                    Message::error(ErrorKind::InvalidRequest, "the root filesystem is already set up")
+                    Message::error(
+                        ErrorKind::InvalidRequest,
+                        "the root filesystem is already set up",
+                    )
                 } else {
                     match setup::apply(&setup) {
                         Ok(root) => {
                             *state.root.lock().unwrap() = Some(root);
                             Message::Done
                         }
-                        Err(e) => Message::error(ErrorKind::Io, format!("setting up the root filesystem: {e}")),
+                        Err(e) => Message::error(
+                            ErrorKind::Io,
+                            format!("setting up the root filesystem: {e}"),
+                        ),
                     }
                 };
                 let _ = stream.send(reply);
@@ -154,7 +185,10 @@ fn handle(inc: Incoming, state: Arc<State>, mux: Mux) {
             other => {
                 let _ = stream.send(Message::error(
                     ErrorKind::Unsupported,
-                    format!("unsupported request: {}", serde_json::to_string(&other).unwrap_or_default()),
+                    format!(
+                        "unsupported request: {}",
+                        serde_json::to_string(&other).unwrap_or_default()
+                    ),
                 ));
             }
         }

@@ -70,7 +70,10 @@ mod tests {
         symlink("loop", root.join("loop")).unwrap();
 
         assert_eq!(resolve(&root, "/bin/sh"), root.join("usr/bin/busybox"));
-        assert_eq!(resolve(&root, "bin/../../../etc/passwd"), root.join("etc/passwd"));
+        assert_eq!(
+            resolve(&root, "bin/../../../etc/passwd"),
+            root.join("etc/passwd")
+        );
         assert_eq!(resolve(&root, "/escape/passwd"), root.join("etc/passwd"));
         assert_eq!(resolve(&root, "/no/such/file"), root.join("no/such/file"));
         // A symlink loop stops after MAX_SYMLINKS and stays inside the root.

@@ -19,23 +19,32 @@ pub fn apply(setup: &Setup) -> Result<PathBuf, String> {
         Lower::Bare => PathBuf::from(BARE_ROOT),
         Lower::Block { device, fstype } => {
             wait_for_device(Path::new(device), Duration::from_secs(10))?;
-            mount(device, Path::new(LOWER), fstype, libc::MS_RDONLY, "").map_err(|e| e.to_string())?;
+            mount(device, Path::new(LOWER), fstype, libc::MS_RDONLY, "")
+                .map_err(|e| e.to_string())?;
             PathBuf::from(LOWER)
         }
     };
     match setup.upper {
-        Upper::Tmpfs => mount("tmpfs", Path::new(UPPER), "tmpfs", 0, "mode=0755").map_err(|e| e.to_string())?,
+        Upper::Tmpfs => {
+            mount("tmpfs", Path::new(UPPER), "tmpfs", 0, "mode=0755").map_err(|e| e.to_string())?
+        }
     }
     let (data, work) = (Path::new(UPPER).join("data"), Path::new(UPPER).join("work"));
     for d in [&data, &work] {
         std::fs::create_dir_all(d).map_err(|e| format!("create {}: {e}", d.display()))?;
     }
     let root = PathBuf::from(ROOT);
-    let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), data.display(), work.display());
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        data.display(),
+        work.display()
+    );
     mount("overlay", &root, "overlay", 0, &opts).map_err(|e| e.to_string())?;
     inner_mounts(&root).map_err(|e| e.to_string())?;
     write_etc(&root, &setup.hostname).map_err(|e| format!("writing /etc files: {e}"))?;
-    std::fs::create_dir_all(root.join("workspace")).map_err(|e| format!("create /workspace: {e}"))?;
+    std::fs::create_dir_all(root.join("workspace"))
+        .map_err(|e| format!("create /workspace: {e}"))?;
     Ok(root)
 }
 
@@ -43,9 +52,21 @@ fn inner_mounts(root: &Path) -> std::io::Result<()> {
     let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     mount("proc", &root.join("proc"), "proc", flags, "")?;
     mount("sysfs", &root.join("sys"), "sysfs", flags, "")?;
-    mount("cgroup2", &root.join("sys/fs/cgroup"), "cgroup2", flags, "nsdelegate")?;
+    mount(
+        "cgroup2",
+        &root.join("sys/fs/cgroup"),
+        "cgroup2",
+        flags,
+        "nsdelegate",
+    )?;
     sys::bind(Path::new("/dev"), &root.join("dev"), true)?;
-    mount("tmpfs", &root.join("run"), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=0755")?;
+    mount(
+        "tmpfs",
+        &root.join("run"),
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=0755",
+    )?;
     Ok(())
 }
 
@@ -56,14 +77,24 @@ fn write_etc(root: &Path, hostname: &str) -> std::io::Result<()> {
         ("hostname", format!("{hostname}\n")),
         (
             "hosts",
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+            ),
         ),
-        ("resolv.conf", "# This VM has no network (smolvm runs VMs without one unless --net is given).\n".into()),
+        (
+            "resolv.conf",
+            "# This VM has no network (smolvm runs VMs without one unless --net is given).\n"
+                .into(),
+        ),
     ];
     for (name, content) in files {
         let path = etc.join(name);
         // Images often make these symlinks into /run; replace them with real files.
-        if path.symlink_metadata().map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+        if path
+            .symlink_metadata()
+            .map(|m| m.file_type().is_symlink())
+            .unwrap_or(false)
+        {
             std::fs::remove_file(&path)?;
         }
         std::fs::write(&path, content)?;
@@ -75,7 +106,10 @@ fn wait_for_device(dev: &Path, limit: Duration) -> Result<(), String> {
     let start = Instant::now();
     while !dev.exists() {
         if start.elapsed() > limit {
-            return Err(format!("block device {} did not appear within {limit:?}", dev.display()));
+            return Err(format!(
+                "block device {} did not appear within {limit:?}",
+                dev.display()
+            ));
         }
         std::thread::sleep(Duration::from_millis(2));
     }

@@ -9,10 +9,20 @@ fn cstr(s: &str) -> CString {
 }
 
 fn check(r: libc::c_int) -> io::Result<()> {
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
-pub fn mount(source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: &str) -> io::Result<()> {
+pub fn mount(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
     std::fs::create_dir_all(target)?;
     let target_c = cstr(&target.to_string_lossy());
     let data_c = cstr(data);
@@ -23,10 +33,19 @@ pub fn mount(source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, da
             target_c.as_ptr(),
             cstr(fstype).as_ptr(),
             flags,
-            if data.is_empty() { std::ptr::null() } else { data_c.as_ptr().cast() },
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                data_c.as_ptr().cast()
+            },
         )
     })
-    .map_err(|e| io::Error::new(e.kind(), format!("mount {fstype} on {}: {e}", target.display())))
+    .map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("mount {fstype} on {}: {e}", target.display()),
+        )
+    })
 }
 
 pub fn bind(source: &Path, target: &Path, recursive: bool) -> io::Result<()> {
@@ -40,14 +59,20 @@ pub fn sethostname(name: &str) -> io::Result<()> {
 }
 
 pub fn set_clock(unix_ns: u64) -> io::Result<()> {
-    let ts = libc::timespec { tv_sec: (unix_ns / 1_000_000_000) as i64, tv_nsec: (unix_ns % 1_000_000_000) as i64 };
+    let ts = libc::timespec {
+        tv_sec: (unix_ns / 1_000_000_000) as i64,
+        tv_nsec: (unix_ns % 1_000_000_000) as i64,
+    };
     // SAFETY: valid timespec pointer.
     check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) })
 }
 
 /// `CLOCK_BOOTTIME` in microseconds: time since the kernel started.
 pub fn boottime_us() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000

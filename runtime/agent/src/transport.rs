@@ -16,7 +16,10 @@ pub async fn connect() -> io::Result<FdStream> {
         Some("vsock") => vsock()?,
         Some("virtio-serial") | None => virtio_port()?,
         Some(other) => {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unknown smolvm.transport={other}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown smolvm.transport={other}"),
+            ));
         }
     };
     FdStream::new(fd)
@@ -32,7 +35,11 @@ fn virtio_port() -> io::Result<OwnedFd> {
                 let name = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
                 if name.trim() == VIRTIO_PORT_NAME {
                     let dev = format!("/dev/{}", e.file_name().to_string_lossy());
-                    if let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(&dev) {
+                    if let Ok(f) = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&dev)
+                    {
                         return Ok(f.into());
                     }
                 }
@@ -41,7 +48,9 @@ fn virtio_port() -> io::Result<OwnedFd> {
         if start.elapsed() > CONNECT_LIMIT {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
-                format!("no virtio-serial port named {VIRTIO_PORT_NAME} appeared within {CONNECT_LIMIT:?}"),
+                format!(
+                    "no virtio-serial port named {VIRTIO_PORT_NAME} appeared within {CONNECT_LIMIT:?}"
+                ),
             ));
         }
         std::thread::sleep(Duration::from_millis(1));
@@ -53,7 +62,9 @@ fn vsock() -> io::Result<OwnedFd> {
     let start = Instant::now();
     loop {
         // SAFETY: creating a socket; ownership is taken immediately.
-        let fd = owned(unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+        let fd = owned(unsafe {
+            libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+        })?;
         // SAFETY: sockaddr_vm is plain data; zeroed then filled in.
         let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
         addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
@@ -72,7 +83,10 @@ fn vsock() -> io::Result<OwnedFd> {
         }
         let err = io::Error::last_os_error();
         if start.elapsed() > CONNECT_LIMIT {
-            return Err(io::Error::new(err.kind(), format!("vsock connect to the host port {VSOCK_PORT}: {err}")));
+            return Err(io::Error::new(
+                err.kind(),
+                format!("vsock connect to the host port {VSOCK_PORT}: {err}"),
+            ));
         }
         std::thread::sleep(Duration::from_millis(2));
     }

@@ -31,7 +31,12 @@ fn passwd(root: &Path) -> Vec<PasswdEntry> {
             if f.len() < 6 {
                 return None;
             }
-            Some(PasswdEntry { name: f[0].into(), uid: f[2].parse().ok()?, gid: f[3].parse().ok()?, home: f[5].into() })
+            Some(PasswdEntry {
+                name: f[0].into(),
+                uid: f[2].parse().ok()?,
+                gid: f[3].parse().ok()?,
+                home: f[5].into(),
+            })
         })
         .collect()
 }
@@ -45,7 +50,11 @@ fn groups(root: &Path) -> Vec<(String, u32, Vec<String>)> {
             if f.len() < 4 {
                 return None;
             }
-            let members = f[3].split(',').filter(|m| !m.is_empty()).map(String::from).collect();
+            let members = f[3]
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(String::from)
+                .collect();
             Some((f[0].to_string(), f[2].parse().ok()?, members))
         })
         .collect()
@@ -59,7 +68,9 @@ pub fn resolve(root: &Path, spec: Option<&str>) -> Result<User, String> {
         None => (spec, None),
     };
     if user_part.is_empty() {
-        return Err(format!("invalid user {spec:?}: expected NAME, UID, NAME:GROUP or UID:GID"));
+        return Err(format!(
+            "invalid user {spec:?}: expected NAME, UID, NAME:GROUP or UID:GID"
+        ));
     }
     let users = passwd(root);
     let entry = users.iter().find(|e| e.name == user_part);
@@ -71,7 +82,9 @@ pub fn resolve(root: &Path, spec: Option<&str>) -> Result<User, String> {
             None => (uid, 0, "/".to_string(), None),
         },
         (None, Err(_)) => {
-            return Err(format!("unable to find user {user_part}: no matching entries in the image's /etc/passwd"));
+            return Err(format!(
+                "unable to find user {user_part}: no matching entries in the image's /etc/passwd"
+            ));
         }
     };
     let all_groups = groups(root);
@@ -80,7 +93,9 @@ pub fn resolve(root: &Path, spec: Option<&str>) -> Result<User, String> {
             (Some((_, gid, _)), _) => *gid,
             (None, Ok(gid)) => gid,
             (None, Err(_)) => {
-                return Err(format!("unable to find group {g}: no matching entries in the image's /etc/group"));
+                return Err(format!(
+                    "unable to find group {g}: no matching entries in the image's /etc/group"
+                ));
             }
         };
     }
@@ -92,7 +107,12 @@ pub fn resolve(root: &Path, spec: Option<&str>) -> Result<User, String> {
             }
         }
     }
-    Ok(User { uid, gid, groups: supplementary, home })
+    Ok(User {
+        uid,
+        gid,
+        groups: supplementary,
+        home,
+    })
 }
 
 #[cfg(test)]
@@ -100,29 +120,58 @@ mod tests {
     use super::*;
 
     fn root() -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("smolvm-user-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let dir = std::env::temp_dir().join(format!(
+            "smolvm-user-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         std::fs::create_dir_all(dir.join("etc")).unwrap();
         std::fs::write(
             dir.join("etc/passwd"),
             "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\nbroken line\n",
         )
         .unwrap();
-        std::fs::write(dir.join("etc/group"), "root:x:0:\napp:x:1000:\nwheel:x:10:app,other\nstaff:x:50:\n").unwrap();
+        std::fs::write(
+            dir.join("etc/group"),
+            "root:x:0:\napp:x:1000:\nwheel:x:10:app,other\nstaff:x:50:\n",
+        )
+        .unwrap();
         dir
     }
 
     #[test]
     fn resolves_the_forms_docker_accepts() {
         let r = root();
-        assert_eq!(resolve(&r, None).unwrap(), User { uid: 0, gid: 0, groups: vec![0], home: "/root".into() });
+        assert_eq!(
+            resolve(&r, None).unwrap(),
+            User {
+                uid: 0,
+                gid: 0,
+                groups: vec![0],
+                home: "/root".into()
+            }
+        );
         assert_eq!(
             resolve(&r, Some("app")).unwrap(),
-            User { uid: 1000, gid: 1000, groups: vec![1000, 10], home: "/home/app".into() }
+            User {
+                uid: 1000,
+                gid: 1000,
+                groups: vec![1000, 10],
+                home: "/home/app".into()
+            }
         );
         assert_eq!(resolve(&r, Some("1000")).unwrap().home, "/home/app");
         assert_eq!(resolve(&r, Some("app:staff")).unwrap().gid, 50);
         assert_eq!(resolve(&r, Some("1000:77")).unwrap().gid, 77);
-        assert_eq!(resolve(&r, Some("4242")).unwrap(), User { uid: 4242, gid: 0, groups: vec![0], home: "/".into() });
+        assert_eq!(
+            resolve(&r, Some("4242")).unwrap(),
+            User {
+                uid: 4242,
+                gid: 0,
+                groups: vec![0],
+                home: "/".into()
+            }
+        );
     }
 
     #[test]
@@ -132,7 +181,15 @@ mod tests {
             resolve(&r, Some("nobody")).unwrap_err(),
             "unable to find user nobody: no matching entries in the image's /etc/passwd"
         );
-        assert!(resolve(&r, Some("app:nogroup")).unwrap_err().contains("unable to find group nogroup"));
-        assert!(resolve(&r, Some(":1")).unwrap_err().contains("invalid user"));
+        assert!(
+            resolve(&r, Some("app:nogroup"))
+                .unwrap_err()
+                .contains("unable to find group nogroup")
+        );
+        assert!(
+            resolve(&r, Some(":1"))
+                .unwrap_err()
+                .contains("invalid user")
+        );
     }
 }

@@ -109,7 +109,10 @@ pub enum FrameError {
 
 impl Frame {
     pub fn control(stream: u32, message: Message) -> Frame {
-        Frame { stream, body: Body::Control(message) }
+        Frame {
+            stream,
+            body: Body::Control(message),
+        }
     }
 
     /// Appends the encoded frame to `out`.
@@ -125,7 +128,11 @@ impl Frame {
                 (KIND_CONTROL, 0)
             }
             Body::Data(ch, bytes) => {
-                assert!(!bytes.is_empty() && bytes.len() <= MAX_PAYLOAD, "data frame size {}", bytes.len());
+                assert!(
+                    !bytes.is_empty() && bytes.len() <= MAX_PAYLOAD,
+                    "data frame size {}",
+                    bytes.len()
+                );
                 out.extend_from_slice(bytes);
                 (KIND_DATA, *ch as u8)
             }
@@ -155,11 +162,15 @@ impl Frame {
     /// number of bytes it used. The length is checked before the payload is awaited, so a
     /// hostile length cannot make a reader buffer more than [`MAX_PAYLOAD`].
     pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
-        let Some(header) = buf.get(..HEADER_LEN) else { return Ok(None) };
+        let Some(header) = buf.get(..HEADER_LEN) else {
+            return Ok(None);
+        };
         let header: &[u8; HEADER_LEN] = header.try_into().expect("sliced to HEADER_LEN");
         let payload_len = Self::payload_len(header)?;
         let total = HEADER_LEN + payload_len;
-        let Some(payload) = buf.get(HEADER_LEN..total) else { return Ok(None) };
+        let Some(payload) = buf.get(HEADER_LEN..total) else {
+            return Ok(None);
+        };
         Ok(Some((Self::from_parts(header, payload)?, total)))
     }
 
@@ -171,7 +182,10 @@ impl Frame {
             .ok_or(FrameError::LengthTooShort(len))?;
         // Control messages get the same bound: they are small, and one limit is one rule.
         if payload > MAX_PAYLOAD {
-            return Err(FrameError::TooLarge { len: payload, max: MAX_PAYLOAD });
+            return Err(FrameError::TooLarge {
+                len: payload,
+                max: MAX_PAYLOAD,
+            });
         }
         Ok(payload)
     }
@@ -185,15 +199,21 @@ impl Frame {
             Channel::from_u8(channel).ok_or(FrameError::UnknownChannel { kind, channel })
         };
         let not_stream_zero = |kind: &'static str| {
-            if stream == 0 { Err(FrameError::StreamZero(kind)) } else { Ok(()) }
+            if stream == 0 {
+                Err(FrameError::StreamZero(kind))
+            } else {
+                Ok(())
+            }
         };
         let body = match kind {
             KIND_CONTROL => {
                 if channel != 0 {
                     return Err(FrameError::ControlChannel(channel));
                 }
-                let msg = serde_json::from_slice(payload)
-                    .map_err(|e| FrameError::BadControl { stream, reason: e.to_string() })?;
+                let msg = serde_json::from_slice(payload).map_err(|e| FrameError::BadControl {
+                    stream,
+                    reason: e.to_string(),
+                })?;
                 Body::Control(msg)
             }
             KIND_DATA => {

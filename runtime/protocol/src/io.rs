@@ -20,7 +20,10 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(reader: R) -> Self {
-        FrameReader { inner: BufReader::with_capacity(256 * 1024, reader), payload: Vec::new() }
+        FrameReader {
+            inner: BufReader::with_capacity(256 * 1024, reader),
+            payload: Vec::new(),
+        }
     }
 
     /// The next frame, or `None` when the peer closed the channel cleanly between frames.
@@ -31,13 +34,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Ok(None);
         }
         if got < HEADER_LEN {
-            return Err(FrameError::Truncated { got, want: HEADER_LEN }.into());
+            return Err(FrameError::Truncated {
+                got,
+                want: HEADER_LEN,
+            }
+            .into());
         }
         let len = Frame::payload_len(&header)?;
         self.payload.resize(len, 0);
         let got = read_full(&mut self.inner, &mut self.payload).await?;
         if got < len {
-            return Err(FrameError::Truncated { got: HEADER_LEN + got, want: HEADER_LEN + len }.into());
+            return Err(FrameError::Truncated {
+                got: HEADER_LEN + got,
+                want: HEADER_LEN + len,
+            }
+            .into());
         }
         Ok(Some(Frame::from_parts(&header, &self.payload)?))
     }

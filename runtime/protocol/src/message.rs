@@ -63,11 +63,17 @@ pub enum Message {
 impl Message {
     /// Whether this message is the last one the agent sends on its stream.
     pub fn ends_stream(&self) -> bool {
-        matches!(self, Message::Exit(_) | Message::Pong | Message::Done | Message::Error(_))
+        matches!(
+            self,
+            Message::Exit(_) | Message::Pong | Message::Done | Message::Error(_)
+        )
     }
 
     pub fn error(kind: ErrorKind, message: impl Into<String>) -> Message {
-        Message::Error(ErrorReply { kind, message: message.into() })
+        Message::Error(ErrorReply {
+            kind,
+            message: message.into(),
+        })
     }
 }
 

@@ -43,7 +43,10 @@ struct Credit {
 
 impl Credit {
     fn new() -> Self {
-        Credit { available: Mutex::new(INITIAL_WINDOW as u64), notify: Notify::new() }
+        Credit {
+            available: Mutex::new(INITIAL_WINDOW as u64),
+            notify: Notify::new(),
+        }
     }
 
     fn grant(&self, n: u64) {
@@ -54,12 +57,22 @@ impl Credit {
 
 /// Per-stream state shared by the reader task and the stream's handles.
 struct Slot {
-    inbound: mpsc::UnboundedSender<Event>,
+    /// Taken (dropped) when the stream ends or the connection closes, so the receiver sees
+    /// the end even though its own sender half keeps the slot alive.
+    inbound: Mutex<Option<mpsc::UnboundedSender<Event>>>,
     credit: [Credit; 3],
     /// Bytes received per channel and not yet returned as credit (the reader adds).
     unacked: [AtomicU64; 3],
     /// Bytes the consumer has taken and not yet returned as credit (the receiver adds).
     taken: [AtomicU64; 3],
+}
+
+impl Slot {
+    fn deliver(&self, ev: Event) {
+        if let Some(tx) = self.inbound.lock().unwrap().as_ref() {
+            let _ = tx.send(ev);
+        }
+    }
 }
 
 struct Shared {
@@ -82,12 +95,18 @@ impl Shared {
     }
 
     fn reason(&self) -> String {
-        self.close_reason.lock().unwrap().clone().unwrap_or_else(|| "closed".into())
+        self.close_reason
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| "closed".into())
     }
 
     fn send_frame(&self, frame: Frame) -> Result<(), MuxError> {
         self.check_open()?;
-        self.out.send(frame).map_err(|_| MuxError::Closed(self.reason()))
+        self.out
+            .send(frame)
+            .map_err(|_| MuxError::Closed(self.reason()))
     }
 
     fn close(&self, reason: String) {
@@ -98,9 +117,16 @@ impl Shared {
             }
         }
         self.closed.store(true, Ordering::Release);
-        // Dropping the slots drops their inbound senders: every receiver sees the end.
-        let slots: Vec<_> = self.streams.lock().unwrap().drain().map(|(_, s)| s).collect();
+        // Ending every stream: each receiver sees the end, each waiting sender wakes up.
+        let slots: Vec<_> = self
+            .streams
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
         for slot in &slots {
+            slot.inbound.lock().unwrap().take();
             for c in &slot.credit {
                 c.notify.notify_waiters();
             }
@@ -111,7 +137,7 @@ impl Shared {
     fn new_slot(&self, id: u32) -> (Arc<Slot>, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let slot = Arc::new(Slot {
-            inbound: tx,
+            inbound: Mutex::new(Some(tx)),
             credit: [Credit::new(), Credit::new(), Credit::new()],
             unacked: Default::default(),
             taken: Default::default(),
@@ -121,7 +147,9 @@ impl Shared {
     }
 
     fn remove(&self, id: u32) {
-        self.streams.lock().unwrap().remove(&id);
+        if let Some(slot) = self.streams.lock().unwrap().remove(&id) {
+            slot.inbound.lock().unwrap().take();
+        }
     }
 }
 
@@ -173,7 +201,14 @@ impl Mux {
         self.shared.check_open()?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (slot, rx) = self.shared.new_slot(id);
-        let stream = Stream { tx: StreamSender { id, shared: self.shared.clone(), slot }, rx };
+        let stream = Stream {
+            tx: StreamSender {
+                id,
+                shared: self.shared.clone(),
+                slot,
+            },
+            rx,
+        };
         stream.tx.send(request)?;
         Ok(stream)
     }
@@ -241,11 +276,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             shared.close(format!("write failed: {e}"));
             return;
         }
-        if out.is_empty() {
-            if let Err(e) = writer.flush().await {
-                shared.close(format!("write failed: {e}"));
-                return;
-            }
+        if out.is_empty()
+            && let Err(e) = writer.flush().await
+        {
+            shared.close(format!("write failed: {e}"));
+            return;
         }
     }
     let _ = writer.flush().await;
@@ -285,7 +320,7 @@ fn dispatch(
     match (frame.body, slot) {
         (Body::Control(msg), Some(slot)) => {
             let ends = msg.ends_stream() && incoming.is_none();
-            let _ = slot.inbound.send(Event::Control(msg));
+            slot.deliver(Event::Control(msg));
             if ends {
                 shared.remove(frame.stream);
             }
@@ -298,8 +333,18 @@ fn dispatch(
                 }
                 shared.next_id.store(frame.stream + 1, Ordering::Relaxed);
                 let (slot, rx) = shared.new_slot(frame.stream);
-                let stream = Stream { tx: StreamSender { id: frame.stream, shared: shared.clone(), slot }, rx };
-                let _ = incoming.send(Incoming { stream, request: msg });
+                let stream = Stream {
+                    tx: StreamSender {
+                        id: frame.stream,
+                        shared: shared.clone(),
+                        slot,
+                    },
+                    rx,
+                };
+                let _ = incoming.send(Incoming {
+                    stream,
+                    request: msg,
+                });
             }
         }
         (Body::Data(ch, bytes), Some(slot)) => {
@@ -311,10 +356,10 @@ fn dispatch(
                     frame.stream
                 ));
             }
-            let _ = slot.inbound.send(Event::Data(ch, bytes));
+            slot.deliver(Event::Data(ch, bytes));
         }
         (Body::Eof(ch), Some(slot)) => {
-            let _ = slot.inbound.send(Event::Eof(ch));
+            slot.deliver(Event::Eof(ch));
         }
         (Body::Window(ch, inc), Some(slot)) => slot.credit[ch.index()].grant(inc as u64),
         // Data for a stream that has ended (the consumer went away first): drop it.
@@ -341,7 +386,15 @@ impl Stream {
     /// Splits into a cloneable sender and the receiver.
     pub fn split(self) -> (StreamSender, StreamReceiver) {
         let id = self.tx.id;
-        (self.tx.clone(), StreamReceiver { tx: self.tx, rx: self.rx, id, manual_credit: false })
+        (
+            self.tx.clone(),
+            StreamReceiver {
+                tx: self.tx,
+                rx: self.rx,
+                id,
+                manual_credit: false,
+            },
+        )
     }
 
     pub fn send(&self, message: Message) -> Result<(), MuxError> {
@@ -441,14 +494,20 @@ impl StreamSender {
                 }
                 notified.await;
             };
-            self.shared.send_frame(Frame { stream: self.id, body: Body::Data(channel, data[..n].to_vec()) })?;
+            self.shared.send_frame(Frame {
+                stream: self.id,
+                body: Body::Data(channel, data[..n].to_vec()),
+            })?;
             data = &data[n..];
         }
         Ok(())
     }
 
     pub fn send_eof(&self, channel: Channel) -> Result<(), MuxError> {
-        self.shared.send_frame(Frame { stream: self.id, body: Body::Eof(channel) })
+        self.shared.send_frame(Frame {
+            stream: self.id,
+            body: Body::Eof(channel),
+        })
     }
 
     fn consumed(&self, ev: &Event) {
@@ -465,7 +524,10 @@ impl StreamSender {
         if taken >= CREDIT_BATCH {
             self.slot.taken[i].fetch_sub(taken, Ordering::AcqRel);
             self.slot.unacked[i].fetch_sub(taken, Ordering::AcqRel);
-            let _ = self.shared.send_frame(Frame { stream: self.id, body: Body::Window(ch, taken as u32) });
+            let _ = self.shared.send_frame(Frame {
+                stream: self.id,
+                body: Body::Window(ch, taken as u32),
+            });
         }
     }
 }

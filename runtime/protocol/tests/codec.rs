@@ -33,23 +33,56 @@ fn every_body_round_trips() {
             timeout_ms: Some(1500),
         }),
     ));
-    roundtrip(Frame::control(0, Message::Hello(Hello { version: 1, unix_time_ns: u64::MAX })));
-    roundtrip(Frame::control(7, Message::Exit(ExitStatus { code: None, signal: Some(9), timed_out: true })));
-    roundtrip(Frame { stream: 9, body: Body::Data(Channel::Stderr, vec![0, 255, 10]) });
-    roundtrip(Frame { stream: 9, body: Body::Data(Channel::Stdout, vec![7; MAX_PAYLOAD]) });
-    roundtrip(Frame { stream: u32::MAX, body: Body::Eof(Channel::Stdin) });
-    roundtrip(Frame { stream: 1, body: Body::Window(Channel::Stdout, u32::MAX) });
+    roundtrip(Frame::control(
+        0,
+        Message::Hello(Hello {
+            version: 1,
+            unix_time_ns: u64::MAX,
+        }),
+    ));
+    roundtrip(Frame::control(
+        7,
+        Message::Exit(ExitStatus {
+            code: None,
+            signal: Some(9),
+            timed_out: true,
+        }),
+    ));
+    roundtrip(Frame {
+        stream: 9,
+        body: Body::Data(Channel::Stderr, vec![0, 255, 10]),
+    });
+    roundtrip(Frame {
+        stream: 9,
+        body: Body::Data(Channel::Stdout, vec![7; MAX_PAYLOAD]),
+    });
+    roundtrip(Frame {
+        stream: u32::MAX,
+        body: Body::Eof(Channel::Stdin),
+    });
+    roundtrip(Frame {
+        stream: 1,
+        body: Body::Window(Channel::Stdout, u32::MAX),
+    });
 }
 
 #[test]
 fn data_frames_are_raw_bytes_not_base64() {
-    let bytes = Frame { stream: 1, body: Body::Data(Channel::Stdout, b"abc".to_vec()) }.to_bytes();
+    let bytes = Frame {
+        stream: 1,
+        body: Body::Data(Channel::Stdout, b"abc".to_vec()),
+    }
+    .to_bytes();
     assert_eq!(bytes, [0, 0, 0, 9, 2, 1, 0, 0, 0, 1, b'a', b'b', b'c']);
 }
 
 #[test]
 fn partial_input_waits_for_more() {
-    let bytes = Frame { stream: 1, body: Body::Data(Channel::Stdout, vec![1; 100]) }.to_bytes();
+    let bytes = Frame {
+        stream: 1,
+        body: Body::Data(Channel::Stdout, vec![1; 100]),
+    }
+    .to_bytes();
     for cut in 0..bytes.len() {
         assert_eq!(Frame::decode(&bytes[..cut]).unwrap(), None, "cut at {cut}");
     }
@@ -62,24 +95,51 @@ fn partial_input_waits_for_more() {
 
 #[test]
 fn length_shorter_than_header_is_rejected() {
-    assert_eq!(decode_err(&header(5, 2, 1, 1)), FrameError::LengthTooShort(5));
+    assert_eq!(
+        decode_err(&header(5, 2, 1, 1)),
+        FrameError::LengthTooShort(5)
+    );
 }
 
 #[test]
 fn oversized_frame_is_rejected_before_its_payload_arrives() {
     // Only the header is present: the length alone condemns it.
     let len = (MAX_PAYLOAD + 6 + 1) as u32;
-    assert_eq!(decode_err(&header(len, 2, 1, 1)), FrameError::TooLarge { len: MAX_PAYLOAD + 1, max: MAX_PAYLOAD });
-    assert!(matches!(decode_err(&header(u32::MAX, 1, 0, 0)), FrameError::TooLarge { .. }));
+    assert_eq!(
+        decode_err(&header(len, 2, 1, 1)),
+        FrameError::TooLarge {
+            len: MAX_PAYLOAD + 1,
+            max: MAX_PAYLOAD
+        }
+    );
+    assert!(matches!(
+        decode_err(&header(u32::MAX, 1, 0, 0)),
+        FrameError::TooLarge { .. }
+    ));
 }
 
 #[test]
 fn unknown_kind_and_channel_are_rejected() {
-    assert_eq!(decode_err(&header(6, 0x7f, 0, 1)), FrameError::UnknownKind(0x7f));
+    assert_eq!(
+        decode_err(&header(6, 0x7f, 0, 1)),
+        FrameError::UnknownKind(0x7f)
+    );
     let mut f = header(7, 2, 3, 1);
     f.push(b'x');
-    assert_eq!(decode_err(&f), FrameError::UnknownChannel { kind: "data", channel: 3 });
-    assert_eq!(decode_err(&header(6, 3, 9, 1)), FrameError::UnknownChannel { kind: "eof", channel: 9 });
+    assert_eq!(
+        decode_err(&f),
+        FrameError::UnknownChannel {
+            kind: "data",
+            channel: 3
+        }
+    );
+    assert_eq!(
+        decode_err(&header(6, 3, 9, 1)),
+        FrameError::UnknownChannel {
+            kind: "eof",
+            channel: 9
+        }
+    );
 }
 
 #[test]
@@ -109,7 +169,12 @@ fn malformed_bodies_are_rejected() {
 
 #[test]
 fn bad_control_json_names_the_stream_and_the_reason() {
-    for body in [&b"not json"[..], b"{\"type\":\"no_such_message\"}", b"{\"type\":\"signal\"}", b"\xff\xfe"] {
+    for body in [
+        &b"not json"[..],
+        b"{\"type\":\"no_such_message\"}",
+        b"{\"type\":\"signal\"}",
+        b"\xff\xfe",
+    ] {
         let mut f = header(6 + body.len() as u32, 1, 0, 12);
         f.extend_from_slice(body);
         match decode_err(&f) {
@@ -138,15 +203,33 @@ fn version_negotiation_picks_the_highest_common_version() {
 
 #[test]
 fn exit_status_maps_to_shell_codes() {
-    assert_eq!(ExitStatus { code: Some(42), ..Default::default() }.shell_code(), 42);
-    assert_eq!(ExitStatus { signal: Some(15), ..Default::default() }.shell_code(), 143);
+    assert_eq!(
+        ExitStatus {
+            code: Some(42),
+            ..Default::default()
+        }
+        .shell_code(),
+        42
+    );
+    assert_eq!(
+        ExitStatus {
+            signal: Some(15),
+            ..Default::default()
+        }
+        .shell_code(),
+        143
+    );
     assert_eq!(ErrorKind::NotFound.exit_code(), 127);
     assert_eq!(ErrorKind::PermissionDenied.exit_code(), 126);
 }
 
 #[tokio::test]
 async fn reader_reports_truncation_mid_frame() {
-    let bytes = Frame { stream: 1, body: Body::Data(Channel::Stdout, vec![1; 100]) }.to_bytes();
+    let bytes = Frame {
+        stream: 1,
+        body: Body::Data(Channel::Stdout, vec![1; 100]),
+    }
+    .to_bytes();
     let cut = &bytes[..50];
     let mut r = FrameReader::new(cut);
     match r.read_frame().await {
@@ -154,7 +237,10 @@ async fn reader_reports_truncation_mid_frame() {
         other => panic!("{other:?}"),
     }
     let mut r = FrameReader::new(&bytes[..4]);
-    assert!(matches!(r.read_frame().await, Err(ReadError::Frame(FrameError::Truncated { got: 4, want: 10 }))));
+    assert!(matches!(
+        r.read_frame().await,
+        Err(ReadError::Frame(FrameError::Truncated { got: 4, want: 10 }))
+    ));
     // A clean end between frames is not an error.
     let mut r = FrameReader::new(&bytes[..]);
     assert!(r.read_frame().await.unwrap().is_some());

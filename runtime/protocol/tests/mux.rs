@@ -92,8 +92,14 @@ async fn a_consumer_that_does_not_read_stalls_the_sender_at_the_window() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stalled_at = sent.load(Ordering::SeqCst);
-    assert!(stalled_at <= INITIAL_WINDOW as u64, "sender ran ahead to {stalled_at}");
-    assert!(stalled_at >= INITIAL_WINDOW as u64 - 4096, "sender stopped early at {stalled_at}");
+    assert!(
+        stalled_at <= INITIAL_WINDOW as u64,
+        "sender ran ahead to {stalled_at}"
+    );
+    assert!(
+        stalled_at >= INITIAL_WINDOW as u64 - 4096,
+        "sender stopped early at {stalled_at}"
+    );
     // Reading releases it.
     let mut read = 0u64;
     while read < 8 * 1024 * 1024 {
@@ -114,13 +120,22 @@ async fn streams_are_independent() {
         let a = incoming.recv().await.unwrap();
         let b = incoming.recv().await.unwrap();
         tokio::spawn(async move {
-            let _ = a.stream.send_data(Channel::Stdout, &vec![0; 16 * 1024 * 1024]).await;
+            let _ = a
+                .stream
+                .send_data(Channel::Stdout, &vec![0; 16 * 1024 * 1024])
+                .await;
         });
-        b.stream.send_data(Channel::Stderr, b"through").await.unwrap();
+        b.stream
+            .send_data(Channel::Stderr, b"through")
+            .await
+            .unwrap();
         b.stream.send(Message::Pong).unwrap();
     });
     let r = tokio::time::timeout(Duration::from_secs(5), async {
-        assert_eq!(b.recv().await, Some(Event::Data(Channel::Stderr, b"through".to_vec())));
+        assert_eq!(
+            b.recv().await,
+            Some(Event::Data(Channel::Stderr, b"through".to_vec()))
+        );
         assert_eq!(b.recv().await, Some(Event::Control(Message::Pong)));
     })
     .await;
@@ -135,7 +150,10 @@ async fn many_concurrent_streams_get_their_own_data() {
             tokio::spawn(async move {
                 let id = inc.stream.id().to_string();
                 for _ in 0..50 {
-                    inc.stream.send_data(Channel::Stdout, id.as_bytes()).await.unwrap();
+                    inc.stream
+                        .send_data(Channel::Stdout, id.as_bytes())
+                        .await
+                        .unwrap();
                 }
                 inc.stream.send(Message::Pong).unwrap();
             });
@@ -172,7 +190,10 @@ async fn a_peer_that_ignores_the_window_is_disconnected() {
     let chunk = vec![1u8; MAX_PAYLOAD];
     let writer = tokio::spawn(async move {
         for _ in 0..(INITIAL_WINDOW as usize / MAX_PAYLOAD + 1) {
-            let f = Frame { stream: 1, body: Body::Data(Channel::Stdout, chunk.clone()) };
+            let f = Frame {
+                stream: 1,
+                body: Body::Data(Channel::Stdout, chunk.clone()),
+            };
             if b.write_all(&f.to_bytes()).await.is_err() {
                 break;
             }
@@ -193,7 +214,9 @@ async fn a_malformed_frame_closes_the_connection_with_the_reason() {
     let (ar, aw) = tokio::io::split(a);
     let (host, _) = Mux::start(FrameReader::new(ar), aw, false);
     let mut stream = host.open(Message::Ping).unwrap();
-    b.write_all(&[0, 0, 0, 6, 0x55, 0, 0, 0, 0, 1]).await.unwrap();
+    b.write_all(&[0, 0, 0, 6, 0x55, 0, 0, 0, 0, 1])
+        .await
+        .unwrap();
     assert!(stream.recv().await.is_none());
     assert_eq!(host.close_reason().unwrap(), "unknown frame kind 0x55");
 }
@@ -207,6 +230,8 @@ async fn peer_hang_up_wakes_waiting_senders() {
     let sender = tokio::spawn(async move { s.send_data(Channel::Stdin, &vec![0; 8 << 20]).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     drop(b);
-    let r = tokio::time::timeout(Duration::from_secs(5), sender).await.expect("sender stayed blocked");
+    let r = tokio::time::timeout(Duration::from_secs(5), sender)
+        .await
+        .expect("sender stayed blocked");
     assert!(matches!(r.unwrap(), Err(MuxError::Closed(_))));
 }

@@ -78,8 +78,12 @@ impl Backend for Krun {
     fn command(&self, cfg: &VmConfig) -> Result<Command, BackendError> {
         let config = KrunConfig::from_vm(cfg);
         let path = cfg.run_dir.join("krun.json");
-        std::fs::write(&path, serde_json::to_vec(&config).expect("serializable"))
-            .map_err(|source| BackendError::WriteConfig { path: path.clone(), source })?;
+        std::fs::write(&path, serde_json::to_vec(&config).expect("serializable")).map_err(
+            |source| BackendError::WriteConfig {
+                path: path.clone(),
+                source,
+            },
+        )?;
         let exe = std::env::current_exe().map_err(BackendError::CurrentExe)?;
         let mut cmd = Command::new(exe);
         cmd.arg(VMM_SUBCOMMAND).arg(path);
@@ -95,8 +99,10 @@ pub fn vmm_entry() {
         let path = args.next().map(PathBuf::from).unwrap_or_default();
         let code = match std::fs::read(&path)
             .map_err(|e| format!("reading {}: {e}", path.display()))
-            .and_then(|b| serde_json::from_slice::<KrunConfig>(&b).map_err(|e| format!("parsing {}: {e}", path.display())))
-        {
+            .and_then(|b| {
+                serde_json::from_slice::<KrunConfig>(&b)
+                    .map_err(|e| format!("parsing {}: {e}", path.display()))
+            }) {
             Ok(config) => match run(&config) {
                 Ok(never) => match never {},
                 Err(e) => {
@@ -126,13 +132,19 @@ fn run(config: &KrunConfig) -> Result<std::convert::Infallible, String> {
     }
     fn check(call: &str, r: i32) -> Result<i32, String> {
         if r < 0 {
-            Err(format!("{call} failed: {}", std::io::Error::from_raw_os_error(-r)))
+            Err(format!(
+                "{call} failed: {}",
+                std::io::Error::from_raw_os_error(-r)
+            ))
         } else {
             Ok(r)
         }
     }
     if config.cmdline.len() >= CMDLINE_MAX {
-        return Err(format!("kernel command line is {} bytes, over libkrun's {CMDLINE_MAX}", config.cmdline.len()));
+        return Err(format!(
+            "kernel command line is {} bytes, over libkrun's {CMDLINE_MAX}",
+            config.cmdline.len()
+        ));
     }
     let kernel = path("kernel path", &config.kernel)?;
     let initramfs = path("initramfs path", &config.initramfs)?;
@@ -142,34 +154,65 @@ fn run(config: &KrunConfig) -> Result<std::convert::Infallible, String> {
     let disks = config
         .disks
         .iter()
-        .map(|d| Ok((cstr("disk id", &d.id)?, path("disk path", &d.path)?, d.read_only)))
+        .map(|d| {
+            Ok((
+                cstr("disk id", &d.id)?,
+                path("disk path", &d.path)?,
+                d.read_only,
+            ))
+        })
         .collect::<Result<Vec<_>, String>>()?;
 
-    let level = if std::env::var_os("SMOLVM_KRUN_DEBUG").is_some() { 4 } else { 1 };
+    let level = if std::env::var_os("SMOLVM_KRUN_DEBUG").is_some() {
+        4
+    } else {
+        1
+    };
     k::krun_set_log_level(level);
     let ctx = check("krun_create_ctx", k::krun_create_ctx())? as u32;
-    check("krun_set_vm_config", k::krun_set_vm_config(ctx, config.cpus, config.memory_mib))?;
-    check("krun_disable_implicit_vsock", k::krun_disable_implicit_vsock(ctx))?;
+    check(
+        "krun_set_vm_config",
+        k::krun_set_vm_config(ctx, config.cpus, config.memory_mib),
+    )?;
+    check(
+        "krun_disable_implicit_vsock",
+        k::krun_disable_implicit_vsock(ctx),
+    )?;
     check("krun_add_vsock", k::krun_add_vsock(ctx, 0))?;
     // SAFETY: every pointer below is a valid NUL-terminated string that outlives the call;
     // libkrun copies what it keeps.
     unsafe {
-        check("krun_set_console_output", k::krun_set_console_output(ctx, console.as_ptr()))?;
+        check(
+            "krun_set_console_output",
+            k::krun_set_console_output(ctx, console.as_ptr()),
+        )?;
         check(
             "krun_add_vsock_port2",
             k::krun_add_vsock_port2(ctx, config.vsock_port, socket.as_ptr(), false),
         )?;
         for (id, p, ro) in &disks {
-            check("krun_add_disk", k::krun_add_disk(ctx, id.as_ptr(), p.as_ptr(), *ro))?;
+            check(
+                "krun_add_disk",
+                k::krun_add_disk(ctx, id.as_ptr(), p.as_ptr(), *ro),
+            )?;
         }
         check(
             "krun_set_kernel",
-            k::krun_set_kernel(ctx, kernel.as_ptr(), config.kernel_format, initramfs.as_ptr(), cmdline.as_ptr()),
+            k::krun_set_kernel(
+                ctx,
+                kernel.as_ptr(),
+                config.kernel_format,
+                initramfs.as_ptr(),
+                cmdline.as_ptr(),
+            ),
         )?;
     }
     // Only returns on failure; on success the VM runs and libkrun exits the process.
     let r = k::krun_start_enter(ctx);
-    Err(format!("krun_start_enter failed: {}", std::io::Error::from_raw_os_error(-r)))
+    Err(format!(
+        "krun_start_enter failed: {}",
+        std::io::Error::from_raw_os_error(-r)
+    ))
 }
 
 #[cfg(not(feature = "krun"))]
@@ -183,10 +226,17 @@ mod tests {
     use crate::assets::GuestAssets;
 
     fn vm() -> VmConfig {
-        let assets = GuestAssets { kernel: "/g/vmlinux".into(), initramfs: "/g/initramfs.cpio".into() };
+        let assets = GuestAssets {
+            kernel: "/g/vmlinux".into(),
+            initramfs: "/g/initramfs.cpio".into(),
+        };
         let mut c = VmConfig::new(4, 8192, assets, "/run/smolvm/vm-1-0".into()).unwrap();
         c.verbose_console = false;
-        c.disks.push(Disk { id: "root".into(), path: "/c/root.sqfs".into(), read_only: true });
+        c.disks.push(Disk {
+            id: "root".into(),
+            path: "/c/root.sqfs".into(),
+            read_only: true,
+        });
         c
     }
 
@@ -203,24 +253,51 @@ mod tests {
     fn cmdline_keeps_what_libkrun_relies_on_and_leaves_room_for_devices() {
         let k = KrunConfig::from_vm(&vm());
         let words: Vec<&str> = k.cmdline.split(' ').collect();
-        for required in ["console=hvc0", "reboot=k", "panic=-1", "smolvm.transport=vsock", "random.trust_cpu=on"] {
-            assert!(words.contains(&required), "{required} missing from {:?}", k.cmdline);
+        for required in [
+            "console=hvc0",
+            "reboot=k",
+            "panic=-1",
+            "smolvm.transport=vsock",
+            "random.trust_cpu=on",
+        ] {
+            assert!(
+                words.contains(&required),
+                "{required} missing from {:?}",
+                k.cmdline
+            );
         }
         // No init=: the kernel runs /init from our initramfs (the agent), not libkrun's init.
         assert!(!k.cmdline.contains("init="));
         // No host environment leaks onto the command line.
         assert!(!k.cmdline.contains("PATH=") && !k.cmdline.contains("HOME="));
         // Each virtio_mmio.device= entry is ~40 bytes; leave room for a dozen devices.
-        assert!(k.cmdline.len() + 12 * 48 < CMDLINE_MAX, "{} bytes", k.cmdline.len());
+        assert!(
+            k.cmdline.len() + 12 * 48 < CMDLINE_MAX,
+            "{} bytes",
+            k.cmdline.len()
+        );
     }
 
     #[test]
     fn agent_vsock_port_maps_to_the_host_socket() {
         let k = KrunConfig::from_vm(&vm());
         assert_eq!(k.vsock_port, VSOCK_PORT);
-        assert_eq!(k.agent_socket, PathBuf::from("/run/smolvm/vm-1-0/agent.sock"));
-        assert_eq!(k.console_log, PathBuf::from("/run/smolvm/vm-1-0/console.log"));
-        assert_eq!(k.disks, vec![Disk { id: "root".into(), path: "/c/root.sqfs".into(), read_only: true }]);
+        assert_eq!(
+            k.agent_socket,
+            PathBuf::from("/run/smolvm/vm-1-0/agent.sock")
+        );
+        assert_eq!(
+            k.console_log,
+            PathBuf::from("/run/smolvm/vm-1-0/console.log")
+        );
+        assert_eq!(
+            k.disks,
+            vec![Disk {
+                id: "root".into(),
+                path: "/c/root.sqfs".into(),
+                read_only: true
+            }]
+        );
     }
 
     #[test]
@@ -240,7 +317,8 @@ mod tests {
         let args: Vec<_> = cmd.get_args().collect();
         assert_eq!(args[0], VMM_SUBCOMMAND);
         assert_eq!(args[1], dir.path().join("krun.json"));
-        let written: KrunConfig = serde_json::from_slice(&std::fs::read(dir.path().join("krun.json")).unwrap()).unwrap();
+        let written: KrunConfig =
+            serde_json::from_slice(&std::fs::read(dir.path().join("krun.json")).unwrap()).unwrap();
         assert_eq!(written, KrunConfig::from_vm(&cfg));
     }
 }

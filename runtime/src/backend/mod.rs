@@ -13,10 +13,9 @@ use std::process::Command;
 use std::str::FromStr;
 use thiserror::Error;
 
-/// vCPU limit: the guest kernel is built with `NR_CPUS=32`.
-pub const MAX_CPUS: u8 = 32;
-/// Below this the kernel and agent do not fit comfortably.
-pub const MIN_MEMORY_MIB: u32 = 128;
+/// vCPU limit (the guest kernel is built with `NR_CPUS=32`) and memory floor: the same
+/// bounds a Smolfile is validated against.
+pub use smolfile::{MAX_CPUS, MIN_MEMORY_MIB};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
@@ -33,7 +32,9 @@ impl FromStr for BackendKind {
             "auto" => Ok(BackendKind::Auto),
             "krun" => Ok(BackendKind::Krun),
             "qemu" => Ok(BackendKind::Qemu),
-            _ => Err(format!("unknown backend {s:?}: expected auto, krun or qemu")),
+            _ => Err(format!(
+                "unknown backend {s:?}: expected auto, krun or qemu"
+            )),
         }
     }
 }
@@ -83,8 +84,13 @@ pub enum ConfigError {
 }
 
 impl VmConfig {
-    pub fn new(cpus: u32, memory_mib: u32, assets: GuestAssets, run_dir: PathBuf) -> Result<VmConfig, ConfigError> {
-        if cpus == 0 || cpus > MAX_CPUS as u32 {
+    pub fn new(
+        cpus: u32,
+        memory_mib: u32,
+        assets: GuestAssets,
+        run_dir: PathBuf,
+    ) -> Result<VmConfig, ConfigError> {
+        if cpus == 0 || cpus > MAX_CPUS {
             return Err(ConfigError::Cpus(cpus));
         }
         if memory_mib < MIN_MEMORY_MIB {
@@ -103,7 +109,13 @@ impl VmConfig {
     }
 
     /// The kernel command line, given the backend's console device and reset method.
-    fn kernel_cmdline(&self, console: &str, reboot: &str, transport: &str, extra: &[&str]) -> String {
+    fn kernel_cmdline(
+        &self,
+        console: &str,
+        reboot: &str,
+        transport: &str,
+        extra: &[&str],
+    ) -> String {
         let mut parts = vec![
             format!("console={console}"),
             format!("reboot={reboot}"),
@@ -124,7 +136,10 @@ impl VmConfig {
 #[derive(Debug, Error)]
 pub enum BackendError {
     #[error("writing the VMM configuration {path}: {source}")]
-    WriteConfig { path: PathBuf, source: std::io::Error },
+    WriteConfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("finding the smolvm executable to run the VMM: {0}")]
     CurrentExe(std::io::Error),
 }
@@ -141,9 +156,13 @@ pub trait Backend: Send + Sync {
 /// Why no backend can run.
 #[derive(Debug, Error)]
 pub enum NoBackend {
-    #[error("the krun backend needs hardware virtualization: {0}. Use --backend qemu to run with software emulation instead")]
+    #[error(
+        "the krun backend needs hardware virtualization: {0}. Use --backend qemu to run with software emulation instead"
+    )]
     KrunNeedsKvm(KvmUnusable),
-    #[error("this smolvm was built without the krun backend (cargo feature \"krun\"); use --backend qemu")]
+    #[error(
+        "this smolvm was built without the krun backend (cargo feature \"krun\"); use --backend qemu"
+    )]
     KrunNotBuilt,
     #[error("the qemu backend is not available: {0}")]
     QemuMissing(String),
@@ -164,14 +183,14 @@ pub fn select(kind: BackendKind) -> Result<Box<dyn Backend>, NoBackend> {
         },
         BackendKind::Qemu => {
             let binary = qemu::locate().map_err(NoBackend::QemuMissing)?;
-            Ok(Box::new(qemu::Qemu { binary, kvm: kvm.is_ok() }))
+            Ok(Box::new(qemu::Qemu::new(binary, kvm.is_ok())))
         }
         BackendKind::Auto => {
             if kvm.is_ok() && krun::BUILT {
                 return Ok(Box::new(krun::Krun));
             }
             match qemu::locate() {
-                Ok(binary) => Ok(Box::new(qemu::Qemu { binary, kvm: kvm.is_ok() })),
+                Ok(binary) => Ok(Box::new(qemu::Qemu::new(binary, kvm.is_ok()))),
                 Err(qemu) => Err(NoBackend::NoneUsable {
                     kvm: match kvm {
                         Err(why) => why.to_string(),

@@ -15,6 +15,18 @@ pub struct Qemu {
     pub binary: PathBuf,
     /// Use KVM (hardware virtualization) rather than TCG.
     pub kvm: bool,
+    /// The host's TSC frequency, which a TCG guest's TSC runs at.
+    pub tsc_khz: Option<u64>,
+}
+
+impl Qemu {
+    pub fn new(binary: PathBuf, kvm: bool) -> Qemu {
+        Qemu {
+            binary,
+            kvm,
+            tsc_khz: if kvm { None } else { crate::virt::tsc_khz() },
+        }
+    }
 }
 
 /// `$SMOLVM_QEMU`, or `qemu-system-x86_64` on `PATH`.
@@ -24,7 +36,10 @@ pub fn locate() -> Result<PathBuf, String> {
         return if is_executable(&p) {
             Ok(p)
         } else {
-            Err(format!("SMOLVM_QEMU={} is not an executable file", p.display()))
+            Err(format!(
+                "SMOLVM_QEMU={} is not an executable file",
+                p.display()
+            ))
         };
     }
     std::env::var_os("PATH")
@@ -37,7 +52,8 @@ pub fn locate() -> Result<PathBuf, String> {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    p.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// QEMU option values are comma-separated; a literal comma is written twice.
@@ -50,11 +66,13 @@ impl Qemu {
         let mut a: Vec<String> = Vec::new();
         let mut push = |parts: &[&str]| a.extend(parts.iter().map(|s| s.to_string()));
         // microvm without ACPI: QEMU appends virtio_mmio.device= entries to the command line.
-        // Under TCG the guest needs the PIT (and PIC) to calibrate its clock.
+        // The CMOS RTC stays: x86 Linux always reads it at boot, and without one it spins
+        // for a second waiting for an update flag that never clears. Under TCG the guest
+        // also needs the PIT and PIC.
         let machine = if self.kvm {
-            "microvm,x-option-roms=off,rtc=off,acpi=off,pit=off,pic=off"
+            "microvm,x-option-roms=off,rtc=on,acpi=off,pit=off,pic=off"
         } else {
-            "microvm,x-option-roms=off,rtc=off,acpi=off,pit=on,pic=on"
+            "microvm,x-option-roms=off,rtc=on,acpi=off,pit=on,pic=on"
         };
         push(&["-M", machine]);
         if self.kvm {
@@ -64,22 +82,63 @@ impl Qemu {
         }
         let (smp, mem) = (cfg.cpus.to_string(), format!("{}M", cfg.memory_mib));
         push(&["-smp", &smp, "-m", &mem]);
-        push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        push(&[
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]);
         // QEMU's own seccomp filter: no spawning, no privilege changes, no obsolete syscalls.
-        push(&["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]);
-        let cmdline = cfg.kernel_cmdline("ttyS0", "t", "virtio-serial", &[]);
-        push(&["-kernel", &escape(&cfg.assets.kernel), "-initrd", &escape(&cfg.assets.initramfs)]);
+        push(&[
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]);
+        // Under TCG the guest TSC ticks at the host's TSC rate, but the kernel cannot
+        // calibrate it against the emulated PIT and would fall back to a 10 ms jiffies clock.
+        // Tell it the rate instead.
+        let tsc = match (self.kvm, self.tsc_khz) {
+            (false, Some(khz)) => vec![format!("tsc_early_khz={khz}"), "tsc=reliable".to_string()],
+            _ => vec![],
+        };
+        let tsc: Vec<&str> = tsc.iter().map(String::as_str).collect();
+        let cmdline = cfg.kernel_cmdline("ttyS0", "t", "virtio-serial", &tsc);
+        push(&[
+            "-kernel",
+            &escape(&cfg.assets.kernel),
+            "-initrd",
+            &escape(&cfg.assets.initramfs),
+        ]);
         push(&["-append", &cmdline]);
-        push(&["-chardev", &format!("file,id=console,path={}", escape(&cfg.console_log)), "-serial", "chardev:console"]);
-        push(&["-chardev", &format!("socket,id=agent,path={}", escape(&cfg.agent_socket))]);
+        push(&[
+            "-chardev",
+            &format!("file,id=console,path={}", escape(&cfg.console_log)),
+            "-serial",
+            "chardev:console",
+        ]);
+        push(&[
+            "-chardev",
+            &format!("socket,id=agent,path={}", escape(&cfg.agent_socket)),
+        ]);
         push(&["-device", "virtio-serial-device"]);
-        push(&["-device", &format!("virtserialport,chardev=agent,name={VIRTIO_PORT_NAME}")]);
-        push(&["-object", "rng-random,id=rng,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng"]);
+        push(&[
+            "-device",
+            &format!("virtserialport,chardev=agent,name={VIRTIO_PORT_NAME}"),
+        ]);
+        push(&[
+            "-object",
+            "rng-random,id=rng,filename=/dev/urandom",
+            "-device",
+            "virtio-rng-device,rng=rng",
+        ]);
         for (i, d) in cfg.disks.iter().enumerate() {
             let ro = if d.read_only { "on" } else { "off" };
             push(&[
                 "-drive",
-                &format!("id=disk{i},file={},format=raw,if=none,readonly={ro},cache=unsafe", escape(&d.path)),
+                &format!(
+                    "id=disk{i},file={},format=raw,if=none,readonly={ro},cache=unsafe",
+                    escape(&d.path)
+                ),
                 "-device",
                 &format!("virtio-blk-device,drive=disk{i},serial={}", d.id),
             ]);
@@ -94,7 +153,11 @@ impl Backend for Qemu {
     }
 
     fn describe(&self) -> String {
-        if self.kvm { "qemu (KVM)".into() } else { "qemu (TCG software emulation)".into() }
+        if self.kvm {
+            "qemu (KVM)".into()
+        } else {
+            "qemu (TCG software emulation)".into()
+        }
     }
 
     fn command(&self, cfg: &VmConfig) -> Result<Command, BackendError> {
@@ -111,28 +174,57 @@ mod tests {
     use crate::backend::Disk;
 
     fn config() -> VmConfig {
-        let assets = GuestAssets { kernel: "/k/vmlinux".into(), initramfs: "/k/initramfs.cpio".into() };
+        let assets = GuestAssets {
+            kernel: "/k/vmlinux".into(),
+            initramfs: "/k/initramfs.cpio".into(),
+        };
         let mut c = VmConfig::new(2, 512, assets, "/run/x,y".into()).unwrap();
         c.verbose_console = false;
-        c.disks.push(Disk { id: "root".into(), path: "/img/a,b.sqfs".into(), read_only: true });
+        c.disks.push(Disk {
+            id: "root".into(),
+            path: "/img/a,b.sqfs".into(),
+            read_only: true,
+        });
         c
     }
 
     fn args(kvm: bool) -> Vec<String> {
-        Qemu { binary: "qemu".into(), kvm }.args(&config()).into_iter().map(|s| s.into_string().unwrap()).collect()
+        Qemu {
+            binary: "qemu".into(),
+            kvm,
+            tsc_khz: Some(2_000_000),
+        }
+        .args(&config())
+        .into_iter()
+        .map(|s| s.into_string().unwrap())
+        .collect()
     }
 
     fn value_of<'a>(a: &'a [String], flag: &str) -> Vec<&'a str> {
-        a.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+        a.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
     }
 
     #[test]
     fn tcg_keeps_the_timers_a_guest_needs_to_calibrate() {
         let a = args(false);
-        assert_eq!(value_of(&a, "-M"), ["microvm,x-option-roms=off,rtc=off,acpi=off,pit=on,pic=on"]);
+        assert_eq!(
+            value_of(&a, "-M"),
+            ["microvm,x-option-roms=off,rtc=on,acpi=off,pit=on,pic=on"]
+        );
+        let cmdline = value_of(&a, "-append")[0];
+        assert!(
+            cmdline.contains("tsc_early_khz=2000000 tsc=reliable"),
+            "{cmdline}"
+        );
         assert_eq!(value_of(&a, "-accel"), ["tcg"]);
         assert_eq!(value_of(&a, "-cpu"), ["max"]);
-        assert!(a.contains(&"-no-reboot".to_string()), "a guest reset must end QEMU");
+        assert!(
+            a.contains(&"-no-reboot".to_string()),
+            "a guest reset must end QEMU"
+        );
     }
 
     #[test]
@@ -140,24 +232,43 @@ mod tests {
         let a = args(true);
         assert_eq!(value_of(&a, "-accel"), ["kvm"]);
         assert_eq!(value_of(&a, "-cpu"), ["host"]);
+        assert!(
+            !value_of(&a, "-append")[0].contains("tsc_early_khz"),
+            "KVM guests use kvmclock"
+        );
     }
 
     #[test]
     fn agent_channel_connects_to_the_host_socket() {
         let a = args(false);
         assert!(value_of(&a, "-chardev").contains(&"socket,id=agent,path=/run/x,,y/agent.sock"));
-        assert!(value_of(&a, "-device").contains(&"virtserialport,chardev=agent,name=smolvm.agent"));
+        assert!(
+            value_of(&a, "-device").contains(&"virtserialport,chardev=agent,name=smolvm.agent")
+        );
         let cmdline = value_of(&a, "-append")[0];
         assert!(cmdline.contains("smolvm.transport=virtio-serial"));
-        assert!(cmdline.contains("console=ttyS0") && cmdline.contains("reboot=t") && cmdline.contains("panic=-1"));
+        assert!(
+            cmdline.contains("console=ttyS0")
+                && cmdline.contains("reboot=t")
+                && cmdline.contains("panic=-1")
+        );
         assert!(cmdline.ends_with("quiet"));
     }
 
     #[test]
     fn disks_are_read_only_when_asked_and_paths_escaped() {
         let a = args(false);
-        assert!(value_of(&a, "-drive")[0].starts_with("id=disk0,file=/img/a,,b.sqfs,format=raw,if=none,readonly=on"));
-        assert_eq!(value_of(&a, "-device").iter().filter(|d| d.starts_with("virtio-blk-device")).count(), 1);
+        assert!(
+            value_of(&a, "-drive")[0]
+                .starts_with("id=disk0,file=/img/a,,b.sqfs,format=raw,if=none,readonly=on")
+        );
+        assert_eq!(
+            value_of(&a, "-device")
+                .iter()
+                .filter(|d| d.starts_with("virtio-blk-device"))
+                .count(),
+            1
+        );
         assert_eq!(value_of(&a, "-smp"), ["2"]);
         assert_eq!(value_of(&a, "-m"), ["512M"]);
     }

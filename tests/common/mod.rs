@@ -1,0 +1,84 @@
+//! Shared helpers for end-to-end tests: they drive the real `smolvm` binary, which boots
+//! real microVMs (qemu/TCG on machines without hardware virtualization).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_smolvm"))
+}
+
+/// Fails (never skips) when what the VM tests need is missing, with the fix.
+pub fn require_vm_prerequisites() {
+    let guest = bin().parent().unwrap().join("../guest");
+    let guest_dir = std::env::var_os("SMOLVM_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or(guest);
+    for f in ["vmlinux", "initramfs.cpio"] {
+        assert!(
+            guest_dir.join(f).is_file(),
+            "{} is missing: run ./scripts/setup (it builds the guest kernel and agent) before the tests",
+            guest_dir.join(f).display()
+        );
+    }
+}
+
+/// A `smolvm` command isolated from other tests: its own runtime directory.
+pub fn smolvm(rundir: &Path) -> Command {
+    require_vm_prerequisites();
+    let mut c = Command::new(bin());
+    c.env("XDG_RUNTIME_DIR", rundir)
+        .env_remove("SMOLVM_TRACE")
+        .stdin(Stdio::null());
+    c
+}
+
+/// `smolvm machine run` with small resources (boots are the cost of these tests), then `args`.
+pub fn run_vm(rundir: &Path, args: &[&str]) -> Output {
+    let mut c = smolvm(rundir);
+    c.args(["machine", "run", "--cpus", "1", "--mem", "512"])
+        .args(args);
+    c.output().expect("smolvm runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+/// Child processes of `pid` (from /proc), for checking nothing is left running.
+pub fn children(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+pub fn alive(pid: u32) -> bool {
+    // Zombies count as gone: they hold no resources but a pid.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.split(") ").nth(1).unwrap_or("").starts_with('Z'))
+        .unwrap_or(false)
+}
+
+/// Waits up to `secs` for `f` to hold.
+pub fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    f()
+}
