@@ -8,7 +8,7 @@
 //! first with identical bytes).
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
@@ -18,6 +18,8 @@ use crate::fsutil;
 
 const BLOB_MODE: u32 = 0o644;
 const DIR_MODE: u32 = 0o755;
+/// Network reads arrive in small chunks; batching them saves most write syscalls.
+const WRITE_BUFFER: usize = 1 << 20;
 
 /// A blob cache rooted at a directory.
 #[derive(Debug, Clone)]
@@ -163,7 +165,7 @@ impl BlobCache {
         let (file, temp) = fsutil::create_temp(&target, BLOB_MODE)
             .map_err(io_error("create a temp file for", &target))?;
         Ok(PartialBlob {
-            file: Some(file),
+            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
             temp,
             target,
             hasher: Sha256::new(),
@@ -211,7 +213,7 @@ struct RefEntry {
 /// A blob being written: bytes go to a temp file and into the hash as they arrive. Dropping
 /// it unfinished removes the temp file.
 pub(crate) struct PartialBlob {
-    file: Option<File>,
+    file: Option<BufWriter<File>>,
     temp: PathBuf,
     target: PathBuf,
     hasher: Sha256,
@@ -245,8 +247,9 @@ impl PartialBlob {
     /// whole blob.
     pub(crate) fn restart(&mut self) -> Result<(), CacheError> {
         let file = self.file.as_mut().expect("file is open until finish");
-        file.set_len(0)
-            .and_then(|()| io::Seek::rewind(file))
+        file.flush()
+            .and_then(|()| file.get_ref().set_len(0))
+            .and_then(|()| file.rewind())
             .map_err(io_error("truncate", &self.temp))?;
         self.hasher = Sha256::new();
         self.written = 0;
@@ -268,10 +271,13 @@ impl PartialBlob {
             return Err(self.mismatch());
         }
         let file = self.file.take().expect("file is open until finish");
-        fsutil::commit(file, &self.temp, &self.target).map_err(|e| {
-            let _ = std::fs::remove_file(&self.temp);
-            io_error("rename into place", &self.target)(e)
-        })?;
+        file.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|file| fsutil::commit(file, &self.temp, &self.target))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&self.temp);
+                io_error("rename into place", &self.target)(e)
+            })?;
         Ok(self.target.clone())
     }
 }

@@ -696,7 +696,10 @@ impl Job {
                 }
             }
         }
-        let path = partial.finish()?;
+        // Hashing is done; the flush and fsync block, so they leave the async workers.
+        let path = tokio::task::spawn_blocking(move || partial.finish())
+            .await
+            .expect("finishing a blob does not panic")?;
         self.stats.downloaded.fetch_add(1, Ordering::Relaxed);
         self.progress.event(&Event::Finished { digest });
         Ok(path)
