@@ -51,13 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let puller = Puller::new(
             Config::load(&dir.path().join("config.toml"))?,
             BlobCache::open(dir.path())?,
-            PullOptions {
-                max_concurrent_downloads: std::env::var("C")
-                    .ok()
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(4),
-                ..PullOptions::default()
-            },
+            PullOptions::default(),
         );
         let started = Instant::now();
         let pulled = puller
