@@ -15,6 +15,8 @@
 //! # Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod cache;
 pub mod config;
 pub mod digest;
