@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 
@@ -20,6 +21,10 @@ const BLOB_MODE: u32 = 0o644;
 const DIR_MODE: u32 = 0o755;
 /// Network reads arrive in small chunks; batching them saves most write syscalls.
 const WRITE_BUFFER: usize = 1 << 20;
+
+/// A temp file untouched this long belongs to a dead process: a live download writes at
+/// least once per read-gap timeout plus backoff, both well under this.
+pub const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 
 /// A blob cache rooted at a directory.
 #[derive(Debug, Clone)]
@@ -73,10 +78,7 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Cach
 
 /// `$XDG_CACHE_HOME/smolvm`, else `~/.cache/smolvm`.
 pub fn default_dir() -> Result<PathBuf, CacheError> {
-    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").ok_or(CacheError::NoHome)?).join(".cache"),
-    };
+    let base = fsutil::xdg_dir("XDG_CACHE_HOME", ".cache").ok_or(CacheError::NoHome)?;
     Ok(base.join("smolvm"))
 }
 
@@ -89,7 +91,29 @@ impl BlobCache {
         for dir in [cache.blob_dir(), cache.ref_dir()] {
             fsutil::create_dir_all(&dir, DIR_MODE).map_err(io_error("create", &dir))?;
         }
+        cache.remove_stale_temp_files();
         Ok(cache)
+    }
+
+    /// Deletes temp files left by processes that died mid-download. Best effort: a file
+    /// that cannot be removed now is tried again on the next open.
+    fn remove_stale_temp_files(&self) {
+        let Ok(entries) = std::fs::read_dir(self.blob_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let stale = entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(fsutil::TEMP_PREFIX)
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_TEMP_AGE));
+            if stale {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Opens the cache at [`default_dir`].
@@ -374,6 +398,33 @@ mod tests {
         partial.write(b"ot").unwrap();
         drop(partial);
         assert_eq!(names(&cache.blob_dir()), vec![digest.hex().to_owned()]);
+    }
+
+    #[test]
+    fn open_removes_only_stale_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(dir.path()).unwrap();
+        let (old, fresh) = (
+            cache.blob_dir().join(".tmp-old"),
+            cache.blob_dir().join(".tmp-fresh"),
+        );
+        let hours_ago = std::time::SystemTime::now() - 2 * STALE_TEMP_AGE;
+        File::create(&old).unwrap().set_modified(hours_ago).unwrap();
+        File::create(&fresh).unwrap();
+        let digest = Digest::of(b"kept");
+        cache.put(&digest, b"kept").unwrap();
+        File::options()
+            .write(true)
+            .open(cache.blob_path(&digest))
+            .unwrap()
+            .set_modified(hours_ago)
+            .unwrap();
+        BlobCache::open(dir.path()).unwrap();
+        assert_eq!(
+            names(&cache.blob_dir()),
+            vec![".tmp-fresh".to_owned(), digest.hex().to_owned()],
+            "an old finished blob stays; an old temp file goes; a live one stays"
+        );
     }
 
     #[test]

@@ -160,10 +160,7 @@ pub enum ConfigError {
 
 /// `$XDG_CONFIG_HOME/smolvm/config.toml`, else `~/.config/smolvm/config.toml`.
 pub fn default_path() -> Result<PathBuf, ConfigError> {
-    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").ok_or(ConfigError::NoHome)?).join(".config"),
-    };
+    let base = fsutil::xdg_dir("XDG_CONFIG_HOME", ".config").ok_or(ConfigError::NoHome)?;
     Ok(base.join("smolvm").join("config.toml"))
 }
 

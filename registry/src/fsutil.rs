@@ -61,10 +61,50 @@ pub(crate) fn create_dir_all(dir: &Path, mode: u32) -> io::Result<()> {
         .create(dir)
 }
 
+/// An XDG base directory: `$<xdg_var>` when set and non-empty, else `$HOME/<home_subdir>`;
+/// `None` when neither is set.
+pub(crate) fn xdg_dir(xdg_var: &str, home_subdir: &str) -> Option<PathBuf> {
+    resolve_xdg(
+        std::env::var_os(xdg_var),
+        std::env::var_os("HOME"),
+        home_subdir,
+    )
+}
+
+fn resolve_xdg(
+    xdg: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+    home_subdir: &str,
+) -> Option<PathBuf> {
+    match xdg.filter(|v| !v.is_empty()) {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => home.map(|h| PathBuf::from(h).join(home_subdir)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn xdg_variable_wins_over_home() {
+        let some = |s: &str| Some(std::ffi::OsString::from(s));
+        assert_eq!(
+            resolve_xdg(some("/x"), some("/home/u"), ".cache"),
+            Some(PathBuf::from("/x"))
+        );
+        assert_eq!(
+            resolve_xdg(some(""), some("/home/u"), ".cache"),
+            Some(PathBuf::from("/home/u/.cache")),
+            "an empty variable counts as unset, as the XDG spec says"
+        );
+        assert_eq!(
+            resolve_xdg(None, some("/home/u"), ".config"),
+            Some(PathBuf::from("/home/u/.config"))
+        );
+        assert_eq!(resolve_xdg(None, None, ".config"), None);
+    }
 
     #[test]
     fn replaces_whole_files_and_leaves_no_temp() {

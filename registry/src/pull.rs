@@ -631,7 +631,7 @@ impl Job {
     }
 
     /// Fetches `blobs` with bounded concurrency; the paths come back in the same order.
-    /// The first failure cancels the rest (their temp files go with them).
+    /// The first failure cancels the rest and waits until their temp files are gone.
     async fn fetch_all(self: &Arc<Self>, blobs: Vec<Blob>) -> Result<Vec<PathBuf>, RegistryError> {
         let permits = Arc::new(Semaphore::new(
             self.inner.options.max_concurrent_downloads.max(1),
@@ -650,9 +650,16 @@ impl Job {
         let mut paths = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok(result) => paths.push(result?),
+                Ok(Ok(path)) => paths.push(path),
+                Ok(Err(e)) => {
+                    // Wait for the others to wind down, so their temp files are gone when
+                    // the error reaches the caller.
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                    return Err(e);
+                }
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(_) => unreachable!("tasks are only cancelled by dropping the set"),
+                Err(_) => unreachable!("tasks are only cancelled after the first error"),
             }
         }
         paths.sort_by_key(|(i, _)| *i);
@@ -696,10 +703,9 @@ impl Job {
                 }
             }
         }
-        // Hashing is done; the flush and fsync block, so they leave the async workers.
-        let path = tokio::task::spawn_blocking(move || partial.finish())
-            .await
-            .expect("finishing a blob does not panic")?;
+        // Synchronous on purpose (the fsync blocks a worker for a few ms): with no await
+        // inside, a cancelled pull never leaves a finish running behind its back.
+        let path = partial.finish()?;
         self.stats.downloaded.fetch_add(1, Ordering::Relaxed);
         self.progress.event(&Event::Finished { digest });
         Ok(path)

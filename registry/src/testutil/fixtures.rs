@@ -63,11 +63,7 @@ pub fn fixture_cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("SMOLVM_FIXTURE_CACHE") {
         return PathBuf::from(dir);
     }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
+    let base = fsutil::xdg_dir("XDG_CACHE_HOME", ".cache").unwrap_or_else(std::env::temp_dir);
     base.join("smolvm-test-fixtures")
 }
 
