@@ -125,13 +125,21 @@ impl Endpoint {
                 data,
             });
         }
-        let ca_path = settings.ca_file.clone().unwrap_or_default();
-        let client =
-            oci_client::Client::try_from(client_config).map_err(|e| RegistryError::CaFile {
-                registry: registry.to_owned(),
-                path: ca_path,
-                detail: error_chain(&e),
-            })?;
+        // With our settings only certificate parsing can make this fail.
+        let client = oci_client::Client::try_from(client_config).map_err(|e| {
+            let detail = error_chain(&e);
+            match &settings.ca_file {
+                Some(path) => RegistryError::CaFile {
+                    registry: registry.to_owned(),
+                    path: path.clone(),
+                    detail,
+                },
+                None => RegistryError::Server {
+                    registry: registry.to_owned(),
+                    detail: format!("cannot set up an HTTP client: {detail}"),
+                },
+            }
+        })?;
         let auth = match config.credentials(registry)? {
             Some((username, password)) => RegistryAuth::Basic(username, password),
             None => RegistryAuth::Anonymous,

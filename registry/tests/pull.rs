@@ -279,6 +279,36 @@ async fn tls_with_auth_needs_the_test_ca() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_that_is_no_certificate_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, path) = (dir.path().join("ca.pem"), dir.path().join("config.toml"));
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &path,
+        "[registries.\"127.0.0.1:9\"]\nca_file = \"ca.pem\"\n",
+    )
+    .unwrap();
+    let image = reference("127.0.0.1:9/app:1");
+    let err = puller_with(Config::load(&path).unwrap(), dir.path(), quick())
+        .pull(&image, counter())
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, RegistryError::CaFile { .. }), "{message}");
+    assert!(
+        message.starts_with(&format!(
+            "ca_file {} for 127.0.0.1:9 is unusable: ",
+            ca.display()
+        )),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_blob_is_rejected_and_leaves_nothing_behind() {
     let (registry, pushed) = registry_with_busybox(Security::Plain, Format::Oci).await;
     let layer = &pushed.layers[0];
