@@ -4,18 +4,15 @@
 
 use crate::fdio::{FdStream, owned};
 use crate::reaper::{self, WaitStatus};
-use crate::{sys, user};
+use crate::{spawn, sys, user};
 use smolvm_protocol::{
     Channel, ErrorKind, ErrorReply, Event, Exec, ExitStatus, Message, Stream, StreamReceiver,
     StreamSender, TtySize,
 };
 use std::collections::VecDeque;
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
@@ -49,15 +46,6 @@ fn error(kind: ErrorKind, message: String) -> ErrorReply {
     ErrorReply { kind, message }
 }
 
-fn cstring(s: &str, what: &str) -> Result<CString, ErrorReply> {
-    CString::new(s).map_err(|_| {
-        error(
-            ErrorKind::InvalidRequest,
-            format!("{what} contains a NUL byte"),
-        )
-    })
-}
-
 fn start(req: &Exec, root: &Path) -> Result<Process, ErrorReply> {
     let Some(program) = req.argv.first() else {
         return Err(error(ErrorKind::InvalidRequest, "empty command".into()));
@@ -73,24 +61,6 @@ fn start(req: &Exec, root: &Path) -> Result<Process, ErrorReply> {
         ));
     }
 
-    // Everything the child needs after fork is prepared here: the pre-exec hook may not allocate.
-    let root_c = cstring(&root.to_string_lossy(), "root")?;
-    let mut prefixes = Vec::new();
-    let mut acc = String::new();
-    for part in workdir.split('/').filter(|p| !p.is_empty()) {
-        acc.push('/');
-        acc.push_str(part);
-        prefixes.push(cstring(&acc, "working directory")?);
-    }
-    let workdir_c = cstring(&workdir, "working directory")?;
-    let groups: Vec<libc::gid_t> = user.groups.clone();
-    let (uid, gid) = (user.uid, user.gid);
-
-    let mut cmd = Command::new(program);
-    cmd.args(&req.argv[1..])
-        .env_clear()
-        .envs(env.iter().filter_map(|kv| kv.split_once('=')));
-
     let mut process = Process {
         pid: 0,
         exit: oneshot::channel().1,
@@ -98,79 +68,74 @@ fn start(req: &Exec, root: &Path) -> Result<Process, ErrorReply> {
         outputs: vec![],
         pty: None,
     };
-    let tty = req.tty;
-    if let Some(size) = tty {
+    // The descriptors the child gets as 0, 1, 2; ours are closed once it has started.
+    let child_stdio: [OwnedFd; 3];
+    if let Some(size) = req.tty {
         let (master, slave) =
             openpty(size).map_err(|e| error(ErrorKind::Io, format!("allocating a PTY: {e}")))?;
         // The terminal is the process's stdin even when the host sends none, as with `docker run -t`.
-        cmd.stdin(Stdio::from(slave.try_clone().map_err(io_err)?));
-        cmd.stdout(Stdio::from(slave.try_clone().map_err(io_err)?));
-        cmd.stderr(Stdio::from(slave));
+        child_stdio = [
+            slave.try_clone().map_err(io_err)?,
+            slave.try_clone().map_err(io_err)?,
+            slave,
+        ];
         process.pty = Some(master.as_raw_fd());
         let (r, w) = tokio::io::split(FdStream::new(master).map_err(io_err)?);
         process.outputs.push((Channel::Stdout, Box::new(r)));
         process.stdin = Some(Box::new(w));
     } else {
-        cmd.stdin(if req.stdin {
-            Stdio::piped()
+        let stdin = if req.stdin {
+            let (r, w) = pipe().map_err(io_err)?;
+            process.stdin = Some(Box::new(FdStream::new(w).map_err(io_err)?));
+            r
         } else {
-            Stdio::null()
-        });
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    }
-
-    // SAFETY: the hook only makes async-signal-safe syscalls on data prepared above.
-    unsafe {
-        cmd.pre_exec(move || {
-            let ok = |r: libc::c_int| {
-                if r < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(())
-                }
-            };
-            ok(libc::chroot(root_c.as_ptr()))?;
-            ok(libc::chdir(c"/".as_ptr()))?;
-            for p in &prefixes {
-                libc::mkdir(p.as_ptr(), 0o755);
-            }
-            ok(libc::chdir(workdir_c.as_ptr()))?;
-            ok(libc::setsid())?;
-            if tty.is_some() {
-                ok(libc::ioctl(1, libc::TIOCSCTTY, 0))?;
-            }
-            ok(libc::setgroups(groups.len(), groups.as_ptr()))?;
-            ok(libc::setgid(gid))?;
-            ok(libc::setuid(uid))?;
-            Ok(())
-        });
-    }
-
-    let (mut child, exit) =
-        reaper::spawn(&mut cmd).map_err(|e| spawn_error(program, &workdir, e))?;
-    process.pid = child.id() as i32;
-    process.exit = exit;
-    if tty.is_none() {
-        if let Some(stdin) = child.stdin.take() {
-            process.stdin = Some(Box::new(
-                FdStream::new(OwnedFd::from(stdin)).map_err(io_err)?,
-            ));
-        }
-        let out = child.stdout.take().expect("piped");
-        let err = child.stderr.take().expect("piped");
+            std::fs::File::open("/dev/null").map_err(io_err)?.into()
+        };
+        let (out_r, out_w) = pipe().map_err(io_err)?;
+        let (err_r, err_w) = pipe().map_err(io_err)?;
         process.outputs.push((
             Channel::Stdout,
-            Box::new(FdStream::new(OwnedFd::from(out)).map_err(io_err)?),
+            Box::new(FdStream::new(out_r).map_err(io_err)?),
         ));
         process.outputs.push((
             Channel::Stderr,
-            Box::new(FdStream::new(OwnedFd::from(err)).map_err(io_err)?),
+            Box::new(FdStream::new(err_r).map_err(io_err)?),
         ));
+        child_stdio = [stdin, out_w, err_w];
     }
-    // `cmd` still holds the parent's copies of the PTY slave: drop them so the master sees
-    // EOF when the process and its children are gone.
-    drop(cmd);
+    let plan = spawn::Plan::new(&spawn::Spec {
+        root: &root.to_string_lossy(),
+        workdir: &workdir,
+        argv: &req.argv,
+        env: &env,
+        stdio: [
+            child_stdio[0].as_raw_fd(),
+            child_stdio[1].as_raw_fd(),
+            child_stdio[2].as_raw_fd(),
+        ],
+        controlling_tty: req.tty.is_some(),
+        uid: user.uid,
+        gid: user.gid,
+        groups: &user.groups,
+    })
+    .map_err(|e| error(ErrorKind::InvalidRequest, e.to_string()))?;
+    let (pid, exit) =
+        reaper::spawn(|| spawn::spawn(plan)).map_err(|e| spawn_error(program, &workdir, e))?;
+    process.pid = pid;
+    process.exit = exit;
+    // Our copies of the child's ends: closed, so the pipes and the PTY see end of file when
+    // the process and its children are gone.
+    drop(child_stdio);
     Ok(process)
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the array with two new descriptors we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((owned(fds[0])?, owned(fds[1])?))
 }
 
 fn io_err(e: io::Error) -> ErrorReply {

@@ -12,6 +12,7 @@ mod net;
 mod reaper;
 mod rootpath;
 mod setup;
+mod spawn;
 mod sys;
 mod transport;
 mod user;

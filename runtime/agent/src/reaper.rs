@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::process::{Child, Command};
 use std::sync::{Mutex, OnceLock};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
@@ -48,12 +47,14 @@ fn reap() {
     }
 }
 
-/// Spawns `cmd` and returns the child with a receiver for its wait status. Never call
-/// `Child::wait` on the result: the reaper owns waiting.
-pub fn spawn(cmd: &mut Command) -> io::Result<(Child, oneshot::Receiver<WaitStatus>)> {
+/// Runs `start` (which creates a process and returns its pid) and returns the pid with a
+/// receiver for its wait status. The reaper owns waiting: nothing else may wait for it.
+pub fn spawn(
+    start: impl FnOnce() -> io::Result<i32>,
+) -> io::Result<(i32, oneshot::Receiver<WaitStatus>)> {
     let mut w = waiters().lock().unwrap();
-    let child = cmd.spawn()?;
+    let pid = start()?;
     let (tx, rx) = oneshot::channel();
-    w.insert(child.id() as i32, tx);
-    Ok((child, rx))
+    w.insert(pid, tx);
+    Ok((pid, rx))
 }
