@@ -1,7 +1,7 @@
 //! Command-line definitions. Flags follow the habits of docker and of the reference smolvm
 //! (`-I/--image`, `-n/--name`, `-e/--env`, `-w/--workdir`, `-i`, `-t`, ...).
 
-use crate::{machine, smolfile_cmd};
+use crate::{config_cmd, machine, smolfile_cmd};
 use clap::{CommandFactory, Parser, Subcommand};
 use clap_complete::Shell;
 
@@ -26,6 +26,22 @@ enum Command {
     /// Run and manage microVMs
     #[command(subcommand)]
     Machine(machine::MachineCommand),
+    /// Settings (registries)
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+    /// Save credentials for a registry (the password is read from stdin)
+    Login {
+        /// The registry, e.g. registry.example.com or 127.0.0.1:5000
+        registry: String,
+        /// The username (asked on a terminal when missing)
+        #[arg(short, long)]
+        username: Option<String>,
+    },
+    /// Remove the credentials saved for a registry
+    Logout {
+        /// The registry
+        registry: String,
+    },
     /// Check Smolfiles and print their schema
     #[command(subcommand)]
     Smolfile(smolfile_cmd::SmolfileCommand),
@@ -45,6 +61,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Some(Command::Machine(m)) => machine::dispatch(m),
         Some(Command::Smolfile(s)) => smolfile_cmd::dispatch(s),
+        Some(Command::Config(c)) => config_cmd::dispatch(c),
+        Some(Command::Login { registry, username }) => config_cmd::login(&registry, username),
+        Some(Command::Logout { registry }) => config_cmd::logout(&registry),
         Some(Command::Completions { shell }) => {
             clap_complete::generate(shell, &mut Cli::command(), "smolvm", &mut std::io::stdout());
             Ok(0)

@@ -1,19 +1,33 @@
 //! `smolvm machine ...`
 
-use anyhow::{Context, bail};
+use crate::image::{self, Pull};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use smolfile::{Overrides, Purpose, Smolfile};
+use smolvm_pack::image::ImageStore;
 use smolvm_protocol::{Exec, Lower, Setup, TtySize, Upper};
 use smolvm_runtime::attach::Outcome;
 use smolvm_runtime::run::{RunRequest, run_ephemeral};
-use smolvm_runtime::{BackendKind, VmSpec, terminal};
+use smolvm_runtime::{BackendKind, Disk, VmSpec, terminal};
 use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Subcommand)]
 pub enum MachineCommand {
     /// Run a command in a new, ephemeral microVM that is gone when the command ends
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// List the images in the local cache
+    Images {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove cached images (and their layers) that nothing is using
+    Prune {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -39,6 +53,18 @@ pub struct RunArgs {
     /// Read the workload from a Smolfile (flags override it)
     #[arg(short = 's', long, value_name = "FILE")]
     smolfile: Option<PathBuf>,
+    /// Boot this OCI image instead of the bare VM (e.g. alpine:3.20, registry:5000/app@sha256:...)
+    #[arg(short = 'I', long, value_name = "REF")]
+    image: Option<String>,
+    /// Image platform to pick from a multi-platform image (default: this host's, linux/amd64)
+    #[arg(long, value_name = "OS/ARCH", value_parser = smolfile::Platform::parse)]
+    platform: Option<smolfile::Platform>,
+    /// When to ask the registry what a tag points to
+    #[arg(long, value_enum, default_value = "missing")]
+    pull: Pull,
+    /// No progress output
+    #[arg(short, long)]
+    quiet: bool,
     /// Kill the command after this long (e.g. 30s, 5m); smolvm then exits with 124
     #[arg(long, value_name = "DURATION", value_parser = smolfile::parse_duration)]
     timeout: Option<Duration>,
@@ -52,7 +78,9 @@ pub struct RunArgs {
 
 pub fn dispatch(cmd: MachineCommand) -> anyhow::Result<i32> {
     match cmd {
-        MachineCommand::Run(args) => run(args),
+        MachineCommand::Run(args) => run(*args),
+        MachineCommand::Images { json } => images(json),
+        MachineCommand::Prune { json } => prune(json),
     }
 }
 
@@ -78,24 +106,56 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         env.push(format!("TERM={term}"));
     }
     let overrides = Overrides {
+        image: args.image,
         cmd: args.command,
         env,
         workdir: args.workdir,
         cpus: args.cpus,
         memory: args.memory,
+        platform: args.platform,
         ..Default::default()
     };
-    let eff = smolfile::merge(Purpose::Run, smolfile.as_ref(), &overrides, None);
-    if let Some(image) = &eff.image {
-        bail!("running the image {image} needs image support, which this build does not have yet");
-    }
+    let rt = crate::runtime()?;
+    // The image (if any) comes from the merge; its config then takes part in a second one.
+    let image = match smolfile::merge(Purpose::Run, smolfile.as_ref(), &overrides, None).image {
+        Some(reference) => Some(rt.block_on(image::prepare(
+            &reference,
+            overrides.platform.clone(),
+            args.pull,
+            args.quiet,
+        ))?),
+        None => None,
+    };
+    let eff = smolfile::merge(
+        Purpose::Run,
+        smolfile.as_ref(),
+        &overrides,
+        image.as_ref().map(|i| i.record.image_config()).as_ref(),
+    );
     if !eff.volumes.is_empty() || !eff.ports.is_empty() || eff.net {
         bail!("volumes, ports and networking are not available in this build yet");
     }
     let mut argv = eff.argv();
     if argv.is_empty() {
+        if image.is_some() {
+            bail!("the image has no Entrypoint or Cmd: give a command after --");
+        }
         argv = vec!["/bin/sh".into()];
     }
+    let (lower, disks) = match &image {
+        Some(i) => (
+            Lower::Block {
+                device: "/dev/vda".into(),
+                fstype: "squashfs".into(),
+            },
+            vec![Disk {
+                id: "rootfs".into(),
+                path: i.rootfs.clone(),
+                read_only: true,
+            }],
+        ),
+        None => (Lower::Bare, Vec::new()),
+    };
     let exec = Exec {
         argv,
         env: eff.env,
@@ -115,26 +175,91 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
                 .map_err(anyhow::Error::msg)?,
             cpus: eff.cpus,
             memory_mib: eff.memory,
-            disks: Vec::new(),
+            disks,
         },
         setup: Setup {
             hostname: "smolvm".into(),
-            lower: Lower::Bare,
+            lower,
             upper: Upper::Tmpfs,
         },
         init: eff.init,
         exec,
         stdin: args.interactive,
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
     let outcome = rt.block_on(run_ephemeral(req))?;
     // A blocked read of our stdin must not keep the process alive.
     rt.shutdown_background();
+    drop(image);
     report(&outcome, args.timeout);
     Ok(outcome.exit_code())
+}
+
+fn images(json: bool) -> anyhow::Result<i32> {
+    let records = ImageStore::open_default()?.list()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<48} {:<13} {:<12} {:>9}  PULLED",
+        "REFERENCE", "PLATFORM", "DIGEST", "SIZE"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for r in records {
+        println!(
+            "{:<48} {:<13} {:<12} {:>9}  {}",
+            r.reference,
+            r.platform,
+            crate::progress::short(&r.manifest_digest),
+            human_bytes(r.rootfs_size),
+            ago(now.saturating_sub(r.pulled_at))
+        );
+    }
+    Ok(0)
+}
+
+fn prune(json: bool) -> anyhow::Result<i32> {
+    let store = ImageStore::open_default()?;
+    let blobs = smolvm_registry::BlobCache::open_default()?;
+    // No persistent machine can hold an image yet, so every image not in use goes.
+    let report = store.prune(&blobs, &|_| false)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for r in &report.removed {
+            println!(
+                "removed {} ({})",
+                r.reference,
+                crate::progress::short(&r.manifest_digest)
+            );
+        }
+        for r in &report.in_use {
+            println!("kept {} (in use by a running VM)", r.reference);
+        }
+        println!("freed {}", human_bytes(report.bytes_freed));
+    }
+    Ok(0)
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+fn ago(secs: u64) -> String {
+    match secs {
+        s if s < 60 => "just now".into(),
+        s if s < 3600 => format!("{} minutes ago", s / 60),
+        s if s < 86400 => format!("{} hours ago", s / 3600),
+        s => format!("{} days ago", s / 86400),
+    }
 }
 
 /// Says why the command did not simply exit, on stderr.

@@ -5,11 +5,15 @@
 //! - [`rootfs::build_rootfs`] flattens the ordered layers of an OCI image into one
 //!   squashfs (zstd) image for the guest's read-only root, preserving owners, modes,
 //!   devices, hardlinks and xattrs without privileges. See [`rootfs`].
+//! - [`image::ImageStore`] pulls an image and keeps its root filesystem by manifest digest,
+//!   so the second run of an image does no work but a digest check.
 //!
 //! The packed-executable stub depends on this crate with `default-features = false` and
 //! so carries none of the image-building code.
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "create")]
+pub mod image;
 #[cfg(feature = "create")]
 pub mod rootfs;

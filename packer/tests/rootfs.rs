@@ -1315,7 +1315,10 @@ fn the_kernel_mounts_the_image() {
         let why = String::from_utf8_lossy(&mount.stderr);
         // In CI a missing prerequisite is a failure; elsewhere (no root, no loop devices)
         // the kernel check is reported as not done rather than silently passing.
-        assert!(std::env::var_os("CI").is_none(), "CI must be able to mount squashfs images: {why}");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to mount squashfs images: {why}"
+        );
         eprintln!("NOT CHECKED: this host cannot mount squashfs: {why}");
         return;
     }

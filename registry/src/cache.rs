@@ -220,6 +220,40 @@ impl BlobCache {
         fsutil::write_atomic(&path, &json, BLOB_MODE).map_err(io_error("write", &path))
     }
 
+    /// Deletes a blob (for pruning); a blob that is not there is not an error.
+    pub fn remove(&self, digest: &Digest) -> Result<(), CacheError> {
+        let path = self.blob_path(digest);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error("remove", &path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Forgets every tag that resolved to one of `digests` (the images being pruned), so a
+    /// later pull resolves them afresh; returns how many were forgotten.
+    pub fn forget_tags_to(&self, digests: &[Digest]) -> Result<usize, CacheError> {
+        let dir = self.ref_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_error("list", &dir)(e)),
+        };
+        let mut forgotten = 0;
+        for entry in entries.flatten() {
+            let Ok(text) = std::fs::read(entry.path()) else {
+                continue;
+            };
+            let Ok(r) = serde_json::from_slice::<RefEntry>(&text) else {
+                continue;
+            };
+            if digests.iter().any(|d| d.as_str() == r.digest) {
+                std::fs::remove_file(entry.path()).map_err(io_error("remove", &entry.path()))?;
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
+    }
+
     /// One small JSON file per tag, named by the hash of the reference: concurrent pulls of
     /// different tags never rewrite a shared file, so no update is lost without a lock.
     fn ref_path(&self, reference: &str) -> PathBuf {

@@ -82,3 +82,61 @@ pub fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// A smolvm user's world in temp dirs: config, cache and runtime directories of its own.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Home {
+        let dir = tempdir();
+        for d in ["config", "cache", "run"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        Home { dir }
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join("config/smolvm/config.toml")
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.dir.path().join("cache/smolvm")
+    }
+
+    pub fn smolvm(&self) -> Command {
+        let mut c = smolvm(&self.dir.path().join("run"));
+        c.env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env("XDG_CACHE_HOME", self.dir.path().join("cache"));
+        c
+    }
+
+    /// `machine run` with small resources and `args`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.smolvm()
+            .args(["machine", "run", "--cpus", "1", "--mem", "512"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Regular files under the cache whose path contains `part`.
+    pub fn cached_files(&self, part: &str) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+        let mut all = Vec::new();
+        walk(&self.cache(), &mut all);
+        all.into_iter()
+            .filter(|p| p.to_string_lossy().contains(part))
+            .collect()
+    }
+}
