@@ -5,7 +5,8 @@ initramfs and devices to init and power-off, in the same run.
     bench/boot.py [--runs 10] [--cpus 4] [--mem 8192]
 
 The bare boot replays the exact QEMU command line smolvm builds (captured through a logging
-wrapper), with the agent channel disconnected and init replaced by busybox `reboot -f`,
+wrapper), with the agent channel disconnected and init replaced by a script that runs
+busybox `reboot -f`,
 so the ratio measures smolvm's own cost: agent start, handshake, root setup, exec, shutdown.
 Prints median/min/max wall times, their ratio, and the median of each SMOLVM_TRACE phase.
 """
@@ -37,8 +38,28 @@ def capture_qemu_args(tmp, cpus, mem):
     return open(log).read().split("\0")[:-1]
 
 
+def bare_initramfs(args, tmp):
+    """smolvm's initramfs plus a second archive holding /bench-init, a script that powers
+    off at once. (Init arguments after `--` are not an option: QEMU appends its
+    virtio_mmio.device= entries to the command line, and after `--` they would go to init
+    instead of registering the devices.)"""
+    stage = os.path.join(tmp, "bench")
+    os.makedirs(stage)
+    with open(os.path.join(stage, "bench-init"), "w") as f:
+        f.write("#!/rootfs/bin/busybox sh\n/rootfs/bin/busybox reboot -f\n")
+    os.chmod(os.path.join(stage, "bench-init"), 0o755)
+    extra = subprocess.run("cd " + shlex.quote(stage) + " && echo bench-init | cpio -o -H newc --quiet",
+                           shell=True, check=True, capture_output=True).stdout
+    ours = args[args.index("-initrd") + 1]
+    combined = os.path.join(tmp, "bare-initramfs.cpio")
+    with open(combined, "wb") as f:
+        f.write(open(ours, "rb").read() + extra)
+    return combined
+
+
 def bare_args(args, tmp):
-    """The same VM with init = busybox `reboot -f` and nothing listening for an agent."""
+    """The same VM with init = /bench-init and nothing listening for an agent."""
+    initramfs = bare_initramfs(args, tmp)
     out = []
     for a in args:
         if a.startswith("socket,id=agent,"):
@@ -46,7 +67,11 @@ def bare_args(args, tmp):
         elif a.startswith("file,id=console,"):
             a = f"file,id=console,path={tmp}/bare-console.log"
         elif a.startswith("console="):
-            a = a + " rdinit=/rootfs/bin/busybox -- reboot -f"
+            # Same parameters otherwise; "Restarting system" is printed at emergency level,
+            # which `quiet` still shows, so the clean power-off can be checked.
+            a = a + " rdinit=/bench-init"
+        elif a.endswith("initramfs.cpio"):
+            a = initramfs
         out.append(a)
     return out
 
@@ -80,6 +105,9 @@ def main():
         # Interleaved, so both see the same background load.
         for _ in range(a.runs):
             w, _ = timed(bare)
+            console = open(os.path.join(tmp, "bare-console.log")).read()
+            if "Kernel panic" in console or "reboot: Restarting system" not in console:
+                sys.exit(f"the bare boot did not reach /bench-init and power off cleanly:\n{console[-2000:]}")
             bare_walls.append(w)
             w, err = timed(smol, env)
             smol_walls.append(w)
