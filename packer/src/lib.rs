@@ -1,6 +1,10 @@
 //! smolvm-pack: the `.smolmachine` format, OCI image layers to a root filesystem image,
 //! and pack creation.
 //!
+//! [`format`] reads (always) and writes (with `create`) the `.smolmachine` format: the
+//! guest kernel, initramfs, root filesystem image and disk templates of a VM, with a JSON
+//! manifest and a footer, as a sidecar file or appended to the stub executable.
+//!
 //! With the `create` feature (on by default):
 //! - [`rootfs::build_rootfs`] flattens the ordered layers of an OCI image into one
 //!   squashfs (zstd) image for the guest's read-only root, preserving owners, modes,
@@ -13,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod format;
 #[cfg(feature = "create")]
 pub mod image;
 #[cfg(feature = "create")]
