@@ -8,7 +8,7 @@ use smolvm_pack::image::ImageStore;
 use smolvm_protocol::{Exec, Lower, Setup, TtySize, Upper};
 use smolvm_runtime::attach::Outcome;
 use smolvm_runtime::run::{RunRequest, run_ephemeral};
-use smolvm_runtime::{BackendKind, Disk, VmSpec, terminal};
+use smolvm_runtime::{BackendKind, Disk, GuestAssets, VmSpec, terminal};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -88,6 +88,13 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     if args.tty && args.interactive && !terminal::is_tty(0) {
         bail!("the input device is not a TTY: drop -t, or run smolvm from a terminal");
     }
+    // Before anything slow (a pull): can a VM run here at all?
+    let backend = smolvm_runtime::backend::select(
+        args.backend
+            .parse::<BackendKind>()
+            .map_err(anyhow::Error::msg)?,
+    )?;
+    let boot = GuestAssets::locate()?.boot();
     let smolfile = match &args.smolfile {
         Some(path) => {
             Some(Smolfile::load(path).map_err(|d| anyhow::anyhow!("invalid Smolfile:\n{d}"))?)
@@ -144,15 +151,11 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     let (lower, disks) = match &image {
         Some(i) => (
-            Lower::Block {
-                device: "/dev/vda".into(),
+            Lower::Disk {
+                serial: "rootfs".into(),
                 fstype: "squashfs".into(),
             },
-            vec![Disk {
-                id: "rootfs".into(),
-                path: i.rootfs.clone(),
-                read_only: true,
-            }],
+            vec![Disk::file("rootfs", i.rootfs.clone(), true)],
         ),
         None => (Lower::Bare, Vec::new()),
     };
@@ -169,18 +172,17 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     };
     let req = RunRequest {
         vm: VmSpec {
-            backend: args
-                .backend
-                .parse::<BackendKind>()
-                .map_err(anyhow::Error::msg)?,
+            backend,
             cpus: eff.cpus,
             memory_mib: eff.memory,
+            boot,
             disks,
         },
         setup: Setup {
             hostname: "smolvm".into(),
             lower,
             upper: Upper::Tmpfs,
+            workspace: None,
         },
         init: eff.init,
         exec,

@@ -5,17 +5,20 @@ use thiserror::Error;
 
 pub const KERNEL_FILE: &str = "vmlinux";
 pub const INITRAMFS_FILE: &str = "initramfs.cpio";
+pub const EXT4_TEMPLATE_FILE: &str = "ext4.img";
 
 /// The guest-side files every VM boots from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestAssets {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
+    /// An empty ext4 filesystem that writable disks start from.
+    pub ext4_template: PathBuf,
 }
 
 #[derive(Debug, Error)]
 #[error(
-    "the guest kernel and agent were not found (looked in: {searched}). Build them with ./scripts/setup, or point SMOLVM_GUEST_DIR at a directory holding {KERNEL_FILE} and {INITRAMFS_FILE}"
+    "the guest kernel and agent were not found (looked in: {searched}). Build them with ./scripts/setup, or point SMOLVM_GUEST_DIR at a directory holding {KERNEL_FILE}, {INITRAMFS_FILE} and {EXT4_TEMPLATE_FILE}"
 )]
 pub struct AssetsNotFound {
     searched: String,
@@ -46,15 +49,24 @@ impl GuestAssets {
             })
     }
 
-    /// The assets in `dir`, if both files are there.
+    /// What a VM boots from these assets.
+    pub fn boot(&self) -> crate::backend::Boot {
+        crate::backend::Boot {
+            kernel: self.kernel.clone(),
+            initramfs: self.initramfs.clone(),
+        }
+    }
+
+    /// The assets in `dir`, if all the files are there.
     pub fn in_dir(dir: &Path) -> Option<GuestAssets> {
-        let a = GuestAssets {
-            kernel: dir.join(KERNEL_FILE),
-            initramfs: dir.join(INITRAMFS_FILE),
+        let file = |name: &str| {
+            let p = dir.join(name);
+            p.is_file().then(|| p.canonicalize().unwrap_or(p))
         };
-        (a.kernel.is_file() && a.initramfs.is_file()).then(|| GuestAssets {
-            kernel: a.kernel.canonicalize().unwrap_or(a.kernel),
-            initramfs: a.initramfs.canonicalize().unwrap_or(a.initramfs),
+        Some(GuestAssets {
+            kernel: file(KERNEL_FILE)?,
+            initramfs: file(INITRAMFS_FILE)?,
+            ext4_template: file(EXT4_TEMPLATE_FILE)?,
         })
     }
 }

@@ -1,13 +1,13 @@
 //! One running VM: its VMM process, its private run directory and its agent connection.
 
 use crate::agent::{AgentClient, AgentError};
-use crate::assets::{AssetsNotFound, GuestAssets};
-use crate::backend::{self, BackendError, BackendKind, ConfigError, Disk, NoBackend, VmConfig};
+use crate::backend::{Backend, BackendError, Boot, ConfigError, Disk, NoBackend, VmConfig};
 use crate::rundir::RunDir;
 use crate::trace;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::net::UnixListener;
@@ -16,18 +16,18 @@ use tokio::net::UnixListener;
 const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What to boot.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct VmSpec {
-    pub backend: BackendKind,
+    /// From [`backend::select`].
+    pub backend: Arc<dyn Backend>,
     pub cpus: u32,
     pub memory_mib: u32,
+    pub boot: Boot,
     pub disks: Vec<Disk>,
 }
 
 #[derive(Debug, Error)]
 pub enum VmError {
-    #[error(transparent)]
-    Assets(#[from] AssetsNotFound),
     #[error(transparent)]
     Backend(#[from] NoBackend),
     #[error(transparent)]
@@ -67,13 +67,12 @@ pub struct Vm {
 impl Vm {
     /// Starts the VMM and waits for the agent's handshake.
     pub async fn boot(spec: &VmSpec) -> Result<Vm, VmError> {
-        let assets = GuestAssets::locate()?;
-        let backend = backend::select(spec.backend)?;
+        let backend = &spec.backend;
         let run_dir = RunDir::create("vm").map_err(VmError::RunDir)?;
         let mut cfg = VmConfig::new(
             spec.cpus,
             spec.memory_mib,
-            assets,
+            spec.boot.clone(),
             run_dir.path().to_path_buf(),
         )?;
         cfg.disks = spec.disks.clone();

@@ -5,6 +5,7 @@
 //! filesystem, run commands, shut down. It must never exit (the kernel panics when PID 1
 //! does): on a fatal error it says why on the console and powers the VM off.
 
+mod disk;
 mod exec;
 mod fdio;
 mod init;
@@ -20,8 +21,8 @@ mod user;
 use smolvm_protocol::{
     ErrorKind, Frame, FrameReader, Hello, Incoming, Message, Mux, PROTOCOL, Ready, write_frame,
 };
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 fn main() {
     let init_us = sys::boottime_us();
@@ -58,7 +59,7 @@ fn fatal(msg: &str) -> ! {
 #[derive(Default)]
 struct State {
     /// The root commands run in, once `setup` has built it.
-    root: Mutex<Option<PathBuf>>,
+    root: Mutex<Option<setup::Root>>,
 }
 
 /// Serves the host until the connection ends. Returns why, if it was not a requested shutdown.
@@ -165,7 +166,7 @@ fn handle(inc: Incoming, state: Arc<State>, mux: Mux) {
                 let _ = stream.send(reply);
             }
             Message::Exec(req) => {
-                let root = state.root.lock().unwrap().clone();
+                let root = state.root.lock().unwrap().as_ref().map(|r| r.path.clone());
                 match root {
                     Some(root) => exec::run(stream, req, &root).await,
                     None => {
@@ -177,10 +178,26 @@ fn handle(inc: Incoming, state: Arc<State>, mux: Mux) {
                 }
             }
             Message::Shutdown => {
+                let persistent = state
+                    .root
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .map(|r| r.persistent.clone())
+                    .unwrap_or_default();
+                // Processes get a moment to exit cleanly only when there is data to keep.
+                let grace = if persistent.is_empty() {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(3)
+                };
+                tokio::task::spawn_blocking(move || sys::quiesce(grace, &persistent))
+                    .await
+                    .ok();
                 let _ = stream.send(Message::Done);
                 mux.close("shutdown requested");
                 // Give the writer a moment to put `done` on the wire before the reset.
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
                 sys::power_off();
             }
             other => {

@@ -1,10 +1,10 @@
 //! Assembling the root filesystem commands run in: a read-only lower layer, a writable
 //! upper layer, overlayfs on top, and the pseudo-filesystems and /etc files a process expects.
 
+use crate::disk;
 use crate::sys::{self, mount};
 use smolvm_protocol::{Lower, Setup, Upper};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 /// Where the built-in busybox userland lives in the initramfs.
 const BARE_ROOT: &str = "/rootfs";
@@ -13,21 +13,34 @@ const UPPER: &str = "/smolvm/upper";
 /// The root commands run in.
 pub const ROOT: &str = "/smolvm/root";
 
-pub fn apply(setup: &Setup) -> Result<PathBuf, String> {
+/// What `apply` built: where commands run, and which mounts hold persistent data.
+pub struct Root {
+    pub path: PathBuf,
+    pub persistent: Vec<PathBuf>,
+}
+
+pub fn apply(setup: &Setup) -> Result<Root, String> {
     crate::init::set_hostname(&setup.hostname);
     let lower = match &setup.lower {
         Lower::Bare => PathBuf::from(BARE_ROOT),
-        Lower::Block { device, fstype } => {
-            wait_for_device(Path::new(device), Duration::from_secs(10))?;
-            mount(device, Path::new(LOWER), fstype, libc::MS_RDONLY, "")
-                .map_err(|e| e.to_string())?;
+        Lower::Disk { serial, fstype } => {
+            let device = disk::by_serial(serial)?;
+            mount(
+                &device.to_string_lossy(),
+                Path::new(LOWER),
+                fstype,
+                libc::MS_RDONLY,
+                "",
+            )
+            .map_err(|e| e.to_string())?;
             PathBuf::from(LOWER)
         }
     };
-    match setup.upper {
+    match &setup.upper {
         Upper::Tmpfs => {
             mount("tmpfs", Path::new(UPPER), "tmpfs", 0, "mode=0755").map_err(|e| e.to_string())?
         }
+        Upper::Disk { serial } => mount_ext4(serial, Path::new(UPPER))?,
     }
     let (data, work) = (Path::new(UPPER).join("data"), Path::new(UPPER).join("work"));
     for d in [&data, &work] {
@@ -43,9 +56,29 @@ pub fn apply(setup: &Setup) -> Result<PathBuf, String> {
     mount("overlay", &root, "overlay", 0, &opts).map_err(|e| e.to_string())?;
     inner_mounts(&root).map_err(|e| e.to_string())?;
     write_etc(&root, &setup.hostname).map_err(|e| format!("writing /etc files: {e}"))?;
-    std::fs::create_dir_all(root.join("workspace"))
-        .map_err(|e| format!("create /workspace: {e}"))?;
-    Ok(root)
+    let workspace = root.join("workspace");
+    std::fs::create_dir_all(&workspace).map_err(|e| format!("create /workspace: {e}"))?;
+    let mut persistent = Vec::new();
+    if let Upper::Disk { .. } = setup.upper {
+        persistent.push(PathBuf::from(UPPER));
+    }
+    if let Some(serial) = &setup.workspace {
+        mount_ext4(serial, &workspace)?;
+        persistent.insert(0, workspace);
+    }
+    Ok(Root {
+        path: root,
+        persistent,
+    })
+}
+
+/// Mounts a persistent ext4 disk and grows its filesystem to the disk's size.
+fn mount_ext4(serial: &str, at: &Path) -> Result<(), String> {
+    let device = disk::by_serial(serial)?;
+    mount(&device.to_string_lossy(), at, "ext4", libc::MS_NOATIME, "")
+        .map_err(|e| e.to_string())?;
+    disk::grow_ext4(&device, at).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 fn inner_mounts(root: &Path) -> std::io::Result<()> {
@@ -98,20 +131,6 @@ fn write_etc(root: &Path, hostname: &str) -> std::io::Result<()> {
             std::fs::remove_file(&path)?;
         }
         std::fs::write(&path, content)?;
-    }
-    Ok(())
-}
-
-fn wait_for_device(dev: &Path, limit: Duration) -> Result<(), String> {
-    let start = Instant::now();
-    while !dev.exists() {
-        if start.elapsed() > limit {
-            return Err(format!(
-                "block device {} did not appear within {limit:?}",
-                dev.display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(2));
     }
     Ok(())
 }

@@ -23,7 +23,10 @@ pub fn mount(
     flags: libc::c_ulong,
     data: &str,
 ) -> io::Result<()> {
-    std::fs::create_dir_all(target)?;
+    // A remount changes an existing mount; anything else needs its mount point.
+    if flags & libc::MS_REMOUNT == 0 {
+        std::fs::create_dir_all(target)?;
+    }
     let target_c = cstr(&target.to_string_lossy());
     let data_c = cstr(data);
     // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
@@ -81,6 +84,39 @@ pub fn boottime_us() -> u64 {
 pub fn kill(pid: i32, signal: i32) {
     // SAFETY: plain syscall; a stale pid only yields ESRCH.
     unsafe { libc::kill(pid, signal) };
+}
+
+/// Stops every process (SIGTERM, up to `grace` to exit, then SIGKILL) and makes the
+/// persistent filesystems clean: synced and remounted read-only, so the next boot mounts them
+/// without journal recovery.
+pub fn quiesce(grace: std::time::Duration, persistent: &[std::path::PathBuf]) {
+    kill(-1, libc::SIGTERM);
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline && other_processes_exist() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    kill(-1, libc::SIGKILL);
+    // SAFETY: sync takes no arguments.
+    unsafe { libc::sync() };
+    for path in persistent {
+        let _ = mount("", path, "", libc::MS_REMOUNT | libc::MS_RDONLY, "");
+    }
+}
+
+/// Whether any process besides PID 1 (and kernel threads) is left.
+fn other_processes_exist() -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let name = e.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                return false;
+            };
+            // Kernel threads have an empty cmdline.
+            pid != 1 && std::fs::read(e.path().join("cmdline")).is_ok_and(|c| !c.is_empty())
+        })
 }
 
 /// Flushes every filesystem and resets the VM, which both VMMs treat as power-off

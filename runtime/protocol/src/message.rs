@@ -96,12 +96,18 @@ pub struct Hello {
 }
 
 /// How the root filesystem for commands is assembled: a read-only lower layer with a
-/// writable upper layer on top (overlayfs).
+/// writable upper layer on top (overlayfs), and optionally a disk at `/workspace`.
+///
+/// Disks are named by their serial number (`/sys/block/vd*/serial`), which both backends
+/// set, rather than by probe order.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Setup {
     pub hostname: String,
     pub lower: Lower,
     pub upper: Upper,
+    /// Serial of an ext4 disk to mount at `/workspace` (grown to the disk's size first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -109,8 +115,8 @@ pub struct Setup {
 pub enum Lower {
     /// The built-in userland that ships in the agent's initramfs (busybox).
     Bare,
-    /// A read-only filesystem image on a block device.
-    Block { device: String, fstype: String },
+    /// A read-only filesystem image on the disk with this serial.
+    Disk { serial: String, fstype: String },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -118,6 +124,8 @@ pub enum Lower {
 pub enum Upper {
     /// Changes live in guest memory and vanish with the VM.
     Tmpfs,
+    /// Changes persist on the ext4 disk with this serial (grown to the disk's size first).
+    Disk { serial: String },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]

@@ -54,9 +54,9 @@ impl KrunConfig {
         KrunConfig {
             cpus: cfg.cpus,
             memory_mib: cfg.memory_mib,
-            kernel: cfg.assets.kernel.clone(),
+            kernel: cfg.boot.kernel.clone(),
             kernel_format: KERNEL_FORMAT_ELF,
-            initramfs: cfg.assets.initramfs.clone(),
+            initramfs: cfg.boot.initramfs.clone(),
             cmdline: cfg.kernel_cmdline("hvc0", "k", "vsock", &["nomodule"]),
             disks: cfg.disks.clone(),
             vsock_port: VSOCK_PORT,
@@ -75,7 +75,18 @@ impl Backend for Krun {
         "krun (libkrun, KVM)".into()
     }
 
+    /// `krun_add_disk` takes a path and nothing else.
+    fn reads_in_place(&self) -> bool {
+        false
+    }
+
     fn command(&self, cfg: &VmConfig) -> Result<Command, BackendError> {
+        if let Some(d) = cfg.disks.iter().find(|d| d.range.is_some()) {
+            return Err(BackendError::RangeUnsupported {
+                backend: "krun",
+                disk: d.id.clone(),
+            });
+        }
         let config = KrunConfig::from_vm(cfg);
         let path = cfg.run_dir.join("krun.json");
         std::fs::write(&path, serde_json::to_vec(&config).expect("serializable")).map_err(
@@ -223,20 +234,17 @@ fn run(_: &KrunConfig) -> Result<std::convert::Infallible, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::assets::GuestAssets;
+    use crate::backend::Boot;
 
     fn vm() -> VmConfig {
-        let assets = GuestAssets {
+        let boot = Boot {
             kernel: "/g/vmlinux".into(),
             initramfs: "/g/initramfs.cpio".into(),
         };
-        let mut c = VmConfig::new(4, 8192, assets, "/run/smolvm/vm-1-0".into()).unwrap();
+        let mut c = VmConfig::new(4, 8192, boot, "/run/smolvm/vm-1-0".into()).unwrap();
         c.verbose_console = false;
-        c.disks.push(Disk {
-            id: "root".into(),
-            path: "/c/root.sqfs".into(),
-            read_only: true,
-        });
+        c.disks
+            .push(Disk::file("root", "/c/root.sqfs".into(), true));
         c
     }
 
@@ -292,12 +300,27 @@ mod tests {
         );
         assert_eq!(
             k.disks,
-            vec![Disk {
-                id: "root".into(),
-                path: "/c/root.sqfs".into(),
-                read_only: true
-            }]
+            vec![Disk::file("root", "/c/root.sqfs".into(), true)]
         );
+    }
+
+    #[test]
+    fn a_disk_range_is_refused_rather_than_misread() {
+        let mut cfg = vm();
+        cfg.disks.push(Disk {
+            id: "packed".into(),
+            path: "/app".into(),
+            read_only: true,
+            range: Some((4096, 8192)),
+        });
+        assert!(!Krun.reads_in_place());
+        match Krun.command(&cfg) {
+            Err(BackendError::RangeUnsupported {
+                backend: "krun",
+                disk,
+            }) => assert_eq!(disk, "packed"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
     }
 
     #[test]

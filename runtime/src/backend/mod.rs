@@ -5,7 +5,6 @@
 pub mod krun;
 pub mod qemu;
 
-use crate::assets::GuestAssets;
 use crate::virt::{self, KvmUnusable};
 use std::fmt;
 use std::path::PathBuf;
@@ -49,13 +48,36 @@ impl fmt::Display for BackendKind {
     }
 }
 
-/// A disk attached as virtio-blk, in order: the first is `/dev/vda`.
+/// A disk attached as virtio-blk. The guest finds it by its serial number (`id`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Disk {
-    /// Short identifier, also the disk's serial number in the guest.
+    /// Short identifier, also the disk's serial number in the guest (at most 20 bytes).
     pub id: String,
     pub path: PathBuf,
     pub read_only: bool,
+    /// Only this range of `path` is the disk (a section of a packed executable), when the
+    /// backend [`Backend::reads_in_place`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<(u64, u64)>,
+}
+
+impl Disk {
+    /// A whole file as a disk.
+    pub fn file(id: &str, path: PathBuf, read_only: bool) -> Disk {
+        Disk {
+            id: id.into(),
+            path,
+            read_only,
+            range: None,
+        }
+    }
+}
+
+/// What a VM boots: the guest kernel (ELF `vmlinux`) and the agent's initramfs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boot {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
 }
 
 /// Everything needed to start one VM. Build it with [`VmConfig::new`], which validates.
@@ -63,7 +85,7 @@ pub struct Disk {
 pub struct VmConfig {
     pub cpus: u8,
     pub memory_mib: u32,
-    pub assets: GuestAssets,
+    pub boot: Boot,
     pub disks: Vec<Disk>,
     /// The unix socket the host listens on; the VMM connects the agent's channel to it.
     pub agent_socket: PathBuf,
@@ -87,7 +109,7 @@ impl VmConfig {
     pub fn new(
         cpus: u32,
         memory_mib: u32,
-        assets: GuestAssets,
+        boot: Boot,
         run_dir: PathBuf,
     ) -> Result<VmConfig, ConfigError> {
         if cpus == 0 || cpus > MAX_CPUS {
@@ -99,7 +121,7 @@ impl VmConfig {
         Ok(VmConfig {
             cpus: cpus as u8,
             memory_mib,
-            assets,
+            boot,
             disks: Vec::new(),
             agent_socket: run_dir.join("agent.sock"),
             console_log: run_dir.join("console.log"),
@@ -142,6 +164,8 @@ pub enum BackendError {
     },
     #[error("finding the smolvm executable to run the VMM: {0}")]
     CurrentExe(std::io::Error),
+    #[error("the {backend} backend cannot use part of a file as disk {disk}")]
+    RangeUnsupported { backend: &'static str, disk: String },
 }
 
 /// A way to run VMs.
@@ -151,6 +175,9 @@ pub trait Backend: Send + Sync {
     fn describe(&self) -> String;
     /// The VMM process that runs `config`.
     fn command(&self, config: &VmConfig) -> Result<Command, BackendError>;
+    /// Whether a disk can be a byte range of a larger file ([`Disk::range`]); otherwise the
+    /// range must be copied out to a file of its own first.
+    fn reads_in_place(&self) -> bool;
 }
 
 /// Why no backend can run.
@@ -173,24 +200,24 @@ pub enum NoBackend {
 }
 
 /// Picks the backend for `kind` on this host.
-pub fn select(kind: BackendKind) -> Result<Box<dyn Backend>, NoBackend> {
+pub fn select(kind: BackendKind) -> Result<std::sync::Arc<dyn Backend>, NoBackend> {
     let kvm = virt::kvm();
     match kind {
         BackendKind::Krun => match (kvm, krun::BUILT) {
             (_, false) => Err(NoBackend::KrunNotBuilt),
             (Err(why), true) => Err(NoBackend::KrunNeedsKvm(why)),
-            (Ok(()), true) => Ok(Box::new(krun::Krun)),
+            (Ok(()), true) => Ok(std::sync::Arc::new(krun::Krun)),
         },
         BackendKind::Qemu => {
             let binary = qemu::locate().map_err(NoBackend::QemuMissing)?;
-            Ok(Box::new(qemu::Qemu::new(binary, kvm.is_ok())))
+            Ok(std::sync::Arc::new(qemu::Qemu::new(binary, kvm.is_ok())))
         }
         BackendKind::Auto => {
             if kvm.is_ok() && krun::BUILT {
-                return Ok(Box::new(krun::Krun));
+                return Ok(std::sync::Arc::new(krun::Krun));
             }
             match qemu::locate() {
-                Ok(binary) => Ok(Box::new(qemu::Qemu::new(binary, kvm.is_ok()))),
+                Ok(binary) => Ok(std::sync::Arc::new(qemu::Qemu::new(binary, kvm.is_ok()))),
                 Err(qemu) => Err(NoBackend::NoneUsable {
                     kvm: match kvm {
                         Err(why) => why.to_string(),

@@ -56,6 +56,24 @@ fn is_executable(p: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// A raw disk as a `-blockdev` JSON value (no escaping issues with paths). A range is read
+/// in place with the raw driver's offset/size; writes go through to the host on the
+/// guest's flushes (cache=writeback).
+fn blockdev(i: usize, d: &super::Disk) -> String {
+    let mut node = serde_json::json!({
+        "driver": "raw",
+        "node-name": format!("disk{i}"),
+        "read-only": d.read_only,
+        "cache": {"direct": false, "no-flush": false},
+        "file": {"driver": "file", "filename": d.path, "read-only": d.read_only},
+    });
+    if let Some((offset, size)) = d.range {
+        node["offset"] = offset.into();
+        node["size"] = size.into();
+    }
+    node.to_string()
+}
+
 /// QEMU option values are comma-separated; a literal comma is written twice.
 fn escape(p: &Path) -> String {
     p.to_string_lossy().replace(',', ",,")
@@ -105,9 +123,9 @@ impl Qemu {
         let cmdline = cfg.kernel_cmdline("ttyS0", "t", "virtio-serial", &tsc);
         push(&[
             "-kernel",
-            &escape(&cfg.assets.kernel),
+            &escape(&cfg.boot.kernel),
             "-initrd",
-            &escape(&cfg.assets.initramfs),
+            &escape(&cfg.boot.initramfs),
         ]);
         push(&["-append", &cmdline]);
         push(&[
@@ -132,13 +150,9 @@ impl Qemu {
             "virtio-rng-device,rng=rng",
         ]);
         for (i, d) in cfg.disks.iter().enumerate() {
-            let ro = if d.read_only { "on" } else { "off" };
             push(&[
-                "-drive",
-                &format!(
-                    "id=disk{i},file={},format=raw,if=none,readonly={ro},cache=unsafe",
-                    escape(&d.path)
-                ),
+                "-blockdev",
+                &blockdev(i, d),
                 "-device",
                 &format!("virtio-blk-device,drive=disk{i},serial={}", d.id),
             ]);
@@ -160,6 +174,10 @@ impl Backend for Qemu {
         }
     }
 
+    fn reads_in_place(&self) -> bool {
+        true
+    }
+
     fn command(&self, cfg: &VmConfig) -> Result<Command, BackendError> {
         let mut cmd = Command::new(&self.binary);
         cmd.args(self.args(cfg));
@@ -170,21 +188,25 @@ impl Backend for Qemu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::assets::GuestAssets;
-    use crate::backend::Disk;
+    use crate::backend::{Boot, Disk};
 
     fn config() -> VmConfig {
-        let assets = GuestAssets {
+        let boot = Boot {
             kernel: "/k/vmlinux".into(),
             initramfs: "/k/initramfs.cpio".into(),
         };
-        let mut c = VmConfig::new(2, 512, assets, "/run/x,y".into()).unwrap();
+        let mut c = VmConfig::new(2, 512, boot, "/run/x,y".into()).unwrap();
         c.verbose_console = false;
+        c.disks
+            .push(Disk::file("root", "/img/a,b.sqfs".into(), true));
         c.disks.push(Disk {
-            id: "root".into(),
-            path: "/img/a,b.sqfs".into(),
+            id: "packed".into(),
+            path: "/apps/app".into(),
             read_only: true,
+            range: Some((8192, 4096)),
         });
+        c.disks
+            .push(Disk::file("storage", "/m/storage.img".into(), false));
         c
     }
 
@@ -256,18 +278,36 @@ mod tests {
     }
 
     #[test]
-    fn disks_are_read_only_when_asked_and_paths_escaped() {
+    fn disks_are_json_blockdevs_with_serials_ranges_and_flushes() {
         let a = args(false);
-        assert!(
-            value_of(&a, "-drive")[0]
-                .starts_with("id=disk0,file=/img/a,,b.sqfs,format=raw,if=none,readonly=on")
-        );
+        let nodes: Vec<serde_json::Value> = value_of(&a, "-blockdev")
+            .iter()
+            .map(|b| serde_json::from_str(b).unwrap())
+            .collect();
+        assert_eq!(nodes.len(), 3);
+        // A comma in a path needs no escaping in JSON.
+        assert_eq!(nodes[0]["file"]["filename"], "/img/a,b.sqfs");
+        assert_eq!(nodes[0]["read-only"], true);
+        assert!(nodes[0].get("offset").is_none());
+        // A section of a packed executable is read in place.
         assert_eq!(
-            value_of(&a, "-device")
-                .iter()
-                .filter(|d| d.starts_with("virtio-blk-device"))
-                .count(),
-            1
+            (nodes[1]["offset"].as_u64(), nodes[1]["size"].as_u64()),
+            (Some(8192), Some(4096))
+        );
+        // Writable disks pass the guest's flushes to the host.
+        assert_eq!(nodes[2]["read-only"], false);
+        assert_eq!(nodes[2]["cache"]["no-flush"], false);
+        let devices: Vec<&str> = value_of(&a, "-device")
+            .into_iter()
+            .filter(|d| d.starts_with("virtio-blk-device"))
+            .collect();
+        assert_eq!(
+            devices,
+            [
+                "virtio-blk-device,drive=disk0,serial=root",
+                "virtio-blk-device,drive=disk1,serial=packed",
+                "virtio-blk-device,drive=disk2,serial=storage"
+            ]
         );
         assert_eq!(value_of(&a, "-smp"), ["2"]);
         assert_eq!(value_of(&a, "-m"), ["512M"]);
