@@ -4,6 +4,8 @@
 //! [`format`] reads (always) and writes (with `create`) the `.smolmachine` format: the
 //! guest kernel, initramfs, root filesystem image and disk templates of a VM, with a JSON
 //! manifest and a footer, as a sidecar file or appended to the stub executable.
+//! [`sections`] turns a pack's sections into files on first use, in a shared,
+//! content-addressed cache.
 //!
 //! With the `create` feature (on by default):
 //! - [`rootfs::build_rootfs`] flattens the ordered layers of an OCI image into one
@@ -22,3 +24,4 @@ pub mod format;
 pub mod image;
 #[cfg(feature = "create")]
 pub mod rootfs;
+pub mod sections;
