@@ -1,7 +1,7 @@
 //! Command-line definitions. Flags follow the habits of docker and of the reference smolvm
 //! (`-I/--image`, `-n/--name`, `-e/--env`, `-w/--workdir`, `-i`, `-t`, ...).
 
-use crate::{config_cmd, machine, smolfile_cmd};
+use crate::{config_cmd, machine, pack, smolfile_cmd};
 use clap::{CommandFactory, Parser, Subcommand};
 use clap_complete::Shell;
 
@@ -26,6 +26,9 @@ enum Command {
     /// Run and manage microVMs
     #[command(subcommand)]
     Machine(machine::MachineCommand),
+    /// Pack machines into executables, and run and inspect packs
+    #[command(subcommand)]
+    Pack(pack::PackCommand),
     /// Settings (registries)
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -61,6 +64,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Some(Command::Machine(m)) => machine::dispatch(m),
         Some(Command::Smolfile(s)) => smolfile_cmd::dispatch(s),
+        Some(Command::Pack(p)) => pack::dispatch(p),
         Some(Command::Config(c)) => config_cmd::dispatch(c),
         Some(Command::Login { registry, username }) => config_cmd::login(&registry, username),
         Some(Command::Logout { registry }) => config_cmd::logout(&registry),

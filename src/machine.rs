@@ -5,10 +5,9 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 use smolfile::{Overrides, Purpose, Smolfile};
 use smolvm_pack::image::ImageStore;
-use smolvm_protocol::{Exec, Lower, Setup, TtySize, Upper};
-use smolvm_runtime::attach::Outcome;
+use smolvm_protocol::{Exec, Lower, Setup, Upper};
 use smolvm_runtime::run::{RunRequest, run_ephemeral};
-use smolvm_runtime::{BackendKind, Disk, GuestAssets, VmSpec, terminal};
+use smolvm_runtime::{BackendKind, Disk, GuestAssets, VmSpec, attach};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -85,9 +84,7 @@ pub fn dispatch(cmd: MachineCommand) -> anyhow::Result<i32> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<i32> {
-    if args.tty && args.interactive && !terminal::is_tty(0) {
-        bail!("the input device is not a TTY: drop -t, or run smolvm from a terminal");
-    }
+    attach::check_tty_flags(args.interactive, args.tty).map_err(anyhow::Error::msg)?;
     // Before anything slow (a pull): can a VM run here at all?
     let backend = smolvm_runtime::backend::select(
         args.backend
@@ -101,17 +98,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
         None => None,
     };
-    let mut env = args
-        .env
-        .iter()
-        .map(|e| env_flag(e))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if args.tty
-        && !env.iter().any(|kv| kv.starts_with("TERM="))
-        && let Ok(term) = std::env::var("TERM")
-    {
-        env.push(format!("TERM={term}"));
-    }
+    let env = attach::env_flags(&args.env, args.tty).map_err(anyhow::Error::msg)?;
     let overrides = Overrides {
         image: args.image,
         cmd: args.command,
@@ -164,9 +151,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         env: eff.env,
         workdir: eff.workdir,
         user: eff.user,
-        tty: args
-            .tty
-            .then(|| terminal::size(0).unwrap_or(TtySize { rows: 24, cols: 80 })),
+        tty: attach::tty_size(args.tty),
         stdin: args.interactive,
         timeout_ms: args.timeout.map(|d| d.as_millis() as u64),
     };
@@ -192,7 +177,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     // A blocked read of our stdin must not keep the process alive.
     rt.shutdown_background();
     drop(image);
-    report(&outcome, args.timeout);
+    attach::report(&outcome, args.timeout);
     Ok(outcome.exit_code())
 }
 
@@ -262,30 +247,4 @@ fn ago(secs: u64) -> String {
         s if s < 86400 => format!("{} hours ago", s / 3600),
         s => format!("{} days ago", s / 86400),
     }
-}
-
-/// Says why the command did not simply exit, on stderr.
-fn report(outcome: &Outcome, timeout: Option<Duration>) {
-    match outcome {
-        Outcome::Exited(s) if s.timed_out => {
-            eprintln!(
-                "smolvm: command timed out after {:?} and was killed",
-                timeout.unwrap_or_default()
-            );
-        }
-        Outcome::Exited(_) => {}
-        Outcome::Failed(e) => eprintln!("smolvm: {}", e.message),
-        Outcome::Lost(why) => eprintln!("smolvm: error: {why}"),
-    }
-}
-
-/// `-e KEY=VALUE`, or `-e KEY` to pass this process's value, as docker does.
-fn env_flag(spec: &str) -> anyhow::Result<String> {
-    let entry = if spec.contains('=') {
-        spec.to_string()
-    } else {
-        format!("{spec}={}", std::env::var(spec).unwrap_or_default())
-    };
-    smolfile::parse_env(&entry).map_err(|e| anyhow::anyhow!("-e: {e}"))?;
-    Ok(entry)
 }

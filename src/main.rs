@@ -5,6 +5,7 @@ mod cli;
 mod config_cmd;
 mod image;
 mod machine;
+mod pack;
 mod progress;
 mod smolfile_cmd;
 
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
     smolvm_runtime::trace::init();
     // A krun VMM child process becomes the VM here and never returns.
     smolvm_runtime::backend::krun::vmm_entry();
+    smolvm_runtime::machine::supervise_entry();
     let cli = cli::Cli::parse();
     match cli::dispatch(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

@@ -52,6 +52,9 @@ pub struct ImageRecord {
     pub blobs: Vec<String>,
     /// When it was pulled, in seconds since the Unix epoch.
     pub pulled_at: u64,
+    /// The image config's `created` (RFC 3339), if it has one.
+    #[serde(default)]
+    pub created: Option<String>,
 }
 
 impl ImageRecord {
@@ -348,6 +351,7 @@ fn build_entry(
             .chain(pulled.layers.iter().map(|l| &l.digest))
             .map(|d| d.to_string())
             .collect(),
+        created: pulled.config.created().clone(),
         pulled_at: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

@@ -25,3 +25,5 @@ pub mod image;
 #[cfg(feature = "create")]
 pub mod rootfs;
 pub mod sections;
+#[cfg(feature = "create")]
+pub mod stub;

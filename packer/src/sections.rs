@@ -101,16 +101,16 @@ impl SectionCache {
         SectionCache::open(&base.join("smolvm"))
     }
 
-    fn entry(&self, hex: &str) -> PathBuf {
-        self.dir.join("sha256").join(hex)
+    /// Where the section with contents `digest` (`sha256:<hex>`) is cached, present or not.
+    pub fn path_of(&self, digest: &str) -> PathBuf {
+        self.dir.join("sha256").join(digest.trim_start_matches("sha256:"))
     }
 
     /// The section `kind` of `pack` as a file, extracting and verifying it the first time
     /// (or every time with `force`).
     pub fn materialize(&self, pack: &Pack, kind: SectionKind, force: bool) -> Result<CachedSection, SectionError> {
         let entry = pack.section(kind).ok_or(SectionError::Missing(kind))?;
-        let hex = entry.uncompressed_sha256.trim_start_matches("sha256:").to_string();
-        let path = self.entry(&hex);
+        let path = self.path_of(&entry.uncompressed_sha256);
         let lock_path = path.with_extension("lock");
         let lock = File::create(&lock_path).map_err(io_error("open", &lock_path))?;
         flock(&lock, libc::LOCK_EX).map_err(io_error("lock", &lock_path))?;

@@ -136,6 +136,76 @@ async fn futures_select(streams: &mut [(SignalKind, tokio::signal::unix::Signal)
     .await
 }
 
+/// Runs a command's stream to the end without a terminal, collecting its stdout and stderr
+/// (interleaved as they arrive): for init commands and health checks.
+pub async fn collect(stream: Stream) -> (Outcome, Vec<u8>) {
+    let (_tx, mut rx) = stream.split();
+    let mut output = Vec::new();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Data(_, data) => output.extend_from_slice(&data),
+            Event::Control(Message::Exit(status)) => return (Outcome::Exited(status), output),
+            Event::Control(Message::Error(e)) => return (Outcome::Failed(e), output),
+            _ => {}
+        }
+    }
+    (
+        Outcome::Lost("the connection to the VM closed before the command finished".into()),
+        output,
+    )
+}
+
+/// Says on stderr why a command did not simply exit (it could not start, timed out, or the
+/// VM failed), as every smolvm front end reports it.
+pub fn report(outcome: &Outcome, timeout: Option<std::time::Duration>) {
+    match outcome {
+        Outcome::Exited(s) if s.timed_out => {
+            eprintln!(
+                "smolvm: command timed out after {:?} and was killed",
+                timeout.unwrap_or_default()
+            );
+        }
+        Outcome::Exited(_) => {}
+        Outcome::Failed(e) => eprintln!("smolvm: {}", e.message),
+        Outcome::Lost(why) => eprintln!("smolvm: error: {why}"),
+    }
+}
+
+/// `-e KEY=VALUE`, or `-e KEY` to pass this process's value, as docker does; with `-t`,
+/// the terminal type comes along unless given.
+pub fn env_flags(flags: &[String], tty: bool) -> Result<Vec<String>, String> {
+    let mut env = Vec::new();
+    for spec in flags {
+        let entry = if spec.contains('=') {
+            spec.clone()
+        } else {
+            format!("{spec}={}", std::env::var(spec).unwrap_or_default())
+        };
+        smolfile::parse_env(&entry).map_err(|e| format!("-e: {e}"))?;
+        env.push(entry);
+    }
+    if tty
+        && !env.iter().any(|kv| kv.starts_with("TERM="))
+        && let Ok(term) = std::env::var("TERM")
+    {
+        env.push(format!("TERM={term}"));
+    }
+    Ok(env)
+}
+
+/// `-it` needs a terminal to read keys from, as with docker.
+pub fn check_tty_flags(interactive: bool, tty: bool) -> Result<(), String> {
+    if tty && interactive && !terminal::is_tty(0) {
+        return Err("the input device is not a TTY: drop -t, or run from a terminal".into());
+    }
+    Ok(())
+}
+
+/// The PTY size to ask for with `-t`: our terminal's, or 24x80.
+pub fn tty_size(tty: bool) -> Option<smolvm_protocol::TtySize> {
+    tty.then(|| terminal::size(0).unwrap_or(smolvm_protocol::TtySize { rows: 24, cols: 80 }))
+}
+
 /// Exit status of smolvm itself when the command could not run or the VM failed, as
 /// `docker run` uses 125 for its own errors.
 pub const EXIT_SMOLVM_ERROR: i32 = 125;

@@ -11,6 +11,8 @@ pub mod agent;
 pub mod assets;
 pub mod attach;
 pub mod backend;
+pub mod fsutil;
+pub mod machine;
 pub mod run;
 pub mod rundir;
 pub mod terminal;
@@ -22,3 +24,12 @@ pub use agent::{AgentClient, AgentError};
 pub use assets::GuestAssets;
 pub use backend::{BackendKind, Disk};
 pub use vm::{Vm, VmError, VmSpec};
+
+/// SHA-256 of `bytes` as lowercase hex.
+pub fn digest_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

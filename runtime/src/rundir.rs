@@ -41,7 +41,9 @@ impl Drop for RunDir {
     }
 }
 
-fn base_dir() -> io::Result<PathBuf> {
+/// The private directory for runtime files (0700, ours): `$XDG_RUNTIME_DIR/smolvm` or
+/// `/tmp/smolvm-<uid>`.
+pub fn base_dir() -> io::Result<PathBuf> {
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
     let base = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {

@@ -58,18 +58,37 @@ pub fn apply(setup: &Setup) -> Result<Root, String> {
     write_etc(&root, &setup.hostname).map_err(|e| format!("writing /etc files: {e}"))?;
     let workspace = root.join("workspace");
     std::fs::create_dir_all(&workspace).map_err(|e| format!("create /workspace: {e}"))?;
+    open_up_when_fresh(&workspace);
     let mut persistent = Vec::new();
     if let Upper::Disk { .. } = setup.upper {
         persistent.push(PathBuf::from(UPPER));
     }
     if let Some(serial) = &setup.workspace {
         mount_ext4(serial, &workspace)?;
+        open_up_when_fresh(&workspace);
         persistent.insert(0, workspace);
     }
     Ok(Root {
         path: root,
         persistent,
     })
+}
+
+/// `/workspace` belongs to whoever runs commands in the machine, whatever the image's user:
+/// like /tmp it is world-writable with the sticky bit. Only a fresh one (root's, 0755, empty
+/// but for lost+found) is changed, so a mode the user set is kept.
+fn open_up_when_fresh(dir: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let fresh = meta.uid() == 0
+        && meta.mode() & 0o7777 == 0o755
+        && std::fs::read_dir(dir)
+            .is_ok_and(|mut d| d.all(|e| e.is_ok_and(|e| e.file_name() == "lost+found")));
+    if fresh {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777));
+    }
 }
 
 /// Mounts a persistent ext4 disk and grows its filesystem to the disk's size.

@@ -1,0 +1,384 @@
+//! `smolvm pack ...`: make packed executables, run and inspect packs, prune their cache.
+
+use crate::image::{self, Pull};
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use smolfile::{Overrides, Purpose, Smolfile};
+use smolvm_pack::format::{
+    self, Compression, HealthCheck, ImageInfo, Manifest, Network, Resources, RunConfig,
+    SectionInput, SectionKind, SectionSource, write_pack,
+};
+use smolvm_pack::sections::SectionCache;
+use smolvm_pack::stub;
+use smolvm_runtime::GuestAssets;
+use smolvm_runtime::attach;
+use smolvm_stub::{App, HOST_PLATFORM, RunOptions};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Subcommand)]
+pub enum PackCommand {
+    /// Pack an image (or a Smolfile) into an executable that boots it as a microVM
+    Create(Box<CreateArgs>),
+    /// Run a command in an ephemeral VM from a .smolmachine file
+    Run(RunArgs),
+    /// Show what a .smolmachine (or a packed executable) holds
+    Inspect {
+        /// The .smolmachine file or packed executable
+        file: PathBuf,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove cached pack sections that no running VM uses
+    Prune {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// The image to pack (e.g. python:3.12-alpine)
+    #[arg(short = 'I', long, value_name = "REF")]
+    image: Option<String>,
+    /// Read what to pack from a Smolfile ([artifact] settings apply; flags override it)
+    #[arg(short = 's', long, value_name = "FILE")]
+    smolfile: Option<PathBuf>,
+    /// The executable to write; the pack goes to PATH.smolmachine next to it
+    #[arg(short, long, value_name = "PATH")]
+    output: PathBuf,
+    /// Append the pack to the executable: one file, nothing next to it
+    #[arg(long)]
+    single_file: bool,
+    /// Default vCPUs of the packed machine [default: 4]
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// Default memory of the packed machine, in MiB [default: 8192]
+    #[arg(long = "mem", value_name = "MiB")]
+    memory: Option<u32>,
+    /// Image platform to pack (default: this host's)
+    #[arg(long, value_name = "OS/ARCH", value_parser = smolfile::Platform::parse)]
+    platform: Option<smolfile::Platform>,
+    /// Override the image's entrypoint
+    #[arg(long, value_name = "PROGRAM")]
+    entrypoint: Option<String>,
+    /// Set an environment variable in the packed machine
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Default working directory
+    #[arg(short, long, value_name = "DIR")]
+    workdir: Option<String>,
+    /// The stub executable to pack into [default: smolvm-stub next to smolvm]
+    #[arg(long, value_name = "PATH")]
+    stub: Option<PathBuf>,
+    /// When to ask the registry what a tag points to
+    #[arg(long, value_enum, default_value = "missing")]
+    pull: Pull,
+    /// No progress output
+    #[arg(short, long)]
+    quiet: bool,
+    /// The default command's arguments (the image's Cmd otherwise)
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The .smolmachine file to run
+    #[arg(long, value_name = "PATH")]
+    sidecar: PathBuf,
+    /// Keep stdin open and forward it to the command
+    #[arg(short, long)]
+    interactive: bool,
+    /// Run the command on a terminal (PTY)
+    #[arg(short, long)]
+    tty: bool,
+    /// Set an environment variable
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory for the command
+    #[arg(short, long, value_name = "DIR")]
+    workdir: Option<String>,
+    /// Kill the command after this long; then exit with 124
+    #[arg(long, value_name = "DURATION", value_parser = smolfile::parse_duration)]
+    timeout: Option<Duration>,
+    /// The command and its arguments (default: the pack's entrypoint and cmd)
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+pub fn dispatch(cmd: PackCommand) -> anyhow::Result<i32> {
+    match cmd {
+        PackCommand::Create(args) => create(*args),
+        PackCommand::Run(args) => run(args),
+        PackCommand::Inspect { file, json } => {
+            let pack = smolvm_stub::locate(&file).or_else(|_| {
+                format::Pack::open(&file).map_err(|source| smolvm_stub::AppError::Format {
+                    path: file.clone(),
+                    source,
+                })
+            })?;
+            let name = file.file_name().map(|n| {
+                n.to_string_lossy()
+                    .trim_end_matches(".smolmachine")
+                    .to_string()
+            });
+            let info = App::new(pack, name.unwrap_or_default())?.info()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                print!("{}", smolvm_stub::describe(&info));
+            }
+            Ok(0)
+        }
+        PackCommand::Prune { json } => {
+            let report = SectionCache::open_default()?.evict(0);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "removed {} cached sections ({} MiB); kept {} in use by running VMs",
+                    report.removed,
+                    report.bytes_freed >> 20,
+                    report.in_use
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn run(a: RunArgs) -> anyhow::Result<i32> {
+    attach::check_tty_flags(a.interactive, a.tty).map_err(anyhow::Error::msg)?;
+    let pack = format::Pack::open(&a.sidecar)
+        .with_context(|| format!("opening {}", a.sidecar.display()))?;
+    let name = a
+        .sidecar
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let app = App::new(pack, name)?;
+    let opts = RunOptions {
+        env: attach::env_flags(&a.env, a.tty).map_err(anyhow::Error::msg)?,
+        command: a.command,
+        workdir: a.workdir,
+        timeout_ms: a.timeout.map(|d| d.as_millis() as u64),
+        interactive: a.interactive,
+        tty: attach::tty_size(a.tty),
+        ..Default::default()
+    };
+    let rt = crate::runtime()?;
+    let outcome = rt.block_on(app.run(opts))?;
+    rt.shutdown_background();
+    attach::report(&outcome, a.timeout);
+    Ok(outcome.exit_code())
+}
+
+fn create(a: CreateArgs) -> anyhow::Result<i32> {
+    let started = Instant::now();
+    if a.output.extension().is_some_and(|e| e == "smolmachine") {
+        bail!(
+            "-o names the executable to write, and the pack goes next to it as PATH.smolmachine: use -o {}",
+            a.output.with_extension("").display()
+        );
+    }
+    let stub_path = match &a.stub {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("smolvm-stub"),
+    };
+    if !stub_path.exists() {
+        bail!(
+            "the stub {} is missing: reinstall with ./scripts/setup, or pass --stub PATH",
+            stub_path.display()
+        );
+    }
+    let stub = stub::read_stub(&stub_path)?;
+    let assets = GuestAssets::locate()?;
+    let smolfile = match &a.smolfile {
+        Some(path) => {
+            Some(Smolfile::load(path).map_err(|d| anyhow::anyhow!("invalid Smolfile:\n{d}"))?)
+        }
+        None => None,
+    };
+    let env = attach::env_flags(&a.env, false).map_err(anyhow::Error::msg)?;
+    let overrides = Overrides {
+        image: a.image,
+        entrypoint: a.entrypoint.map(|e| vec![e]),
+        cmd: a.command,
+        env,
+        workdir: a.workdir,
+        cpus: a.cpus,
+        memory: a.memory,
+        platform: a.platform,
+        ..Default::default()
+    };
+    let first = smolfile::merge(Purpose::Pack, smolfile.as_ref(), &overrides, None);
+    if first.image.is_none() && smolfile.is_none() {
+        bail!(
+            "say what to pack: --image REF, or --smolfile FILE (a Smolfile without an image packs the bare VM)"
+        );
+    }
+    let rt = crate::runtime()?;
+    let image = match &first.image {
+        Some(reference) => Some(rt.block_on(image::prepare(
+            reference,
+            first.platform.clone(),
+            a.pull,
+            a.quiet,
+        ))?),
+        None => None,
+    };
+    let eff = smolfile::merge(
+        Purpose::Pack,
+        smolfile.as_ref(),
+        &overrides,
+        image.as_ref().map(|i| i.record.image_config()).as_ref(),
+    );
+
+    let manifest = Manifest {
+        image: image.as_ref().map(|i| ImageInfo {
+            reference: i.record.reference.clone(),
+            digest: i.record.manifest_digest.clone(),
+        }),
+        platform: image
+            .as_ref()
+            .map_or_else(|| HOST_PLATFORM.to_string(), |i| i.record.platform.clone()),
+        host_platform: HOST_PLATFORM.into(),
+        created: created(image.as_ref().and_then(|i| i.record.created.clone())),
+        smolvm_version: env!("CARGO_PKG_VERSION").into(),
+        run: RunConfig {
+            entrypoint: eff.entrypoint.clone(),
+            cmd: eff.cmd.clone(),
+            env: eff.env.clone(),
+            workdir: eff.workdir.clone(),
+            user: eff.user.clone(),
+        },
+        resources: Resources {
+            cpus: eff.cpus,
+            memory_mib: eff.memory,
+            storage_gib: eff.storage,
+            overlay_gib: eff.overlay,
+        },
+        network: Network {
+            enabled: eff.net,
+            allow_hosts: eff
+                .allow_hosts
+                .iter()
+                .map(|h| h.as_str().to_string())
+                .collect(),
+            allow_cidrs: eff.allow_cidrs.iter().map(|c| c.to_string()).collect(),
+            ports: eff.ports.iter().map(|p| p.to_string()).collect(),
+        },
+        health: eff.health.as_ref().map(|h| HealthCheck {
+            exec: h.exec.clone(),
+            interval_ms: h.interval.as_millis() as u64,
+            timeout_ms: h.timeout.as_millis() as u64,
+            startup_grace_ms: h.startup_grace.as_millis() as u64,
+            retries: h.retries,
+        }),
+        ..Default::default()
+    };
+    let file = |kind, path: &Path, compression| SectionInput {
+        kind,
+        source: SectionSource::File(path.to_path_buf()),
+        compression,
+    };
+    let mut sections = vec![
+        file(SectionKind::Kernel, &assets.kernel, Compression::Zstd),
+        file(SectionKind::Initramfs, &assets.initramfs, Compression::Zstd),
+        file(
+            SectionKind::OverlayTemplate,
+            &assets.ext4_template,
+            Compression::Zstd,
+        ),
+        file(
+            SectionKind::StorageTemplate,
+            &assets.ext4_template,
+            Compression::Zstd,
+        ),
+    ];
+    // The root filesystem is squashfs, compressed already: stored as is, it can be read in
+    // place from the pack.
+    if let Some(i) = &image {
+        sections.push(file(SectionKind::Rootfs, &i.rootfs, Compression::None));
+    }
+    let sidecar = sidecar_path(&a.output);
+    let pack_path = if a.single_file {
+        temp_pack_path(&a.output)
+    } else {
+        sidecar.clone()
+    };
+    let written = write_pack(&pack_path, manifest, sections)
+        .with_context(|| format!("writing {}", pack_path.display()))?;
+    let exe_len = stub::write_executable(
+        &stub,
+        a.single_file.then_some(pack_path.as_path()),
+        &a.output,
+    );
+    if a.single_file {
+        let _ = std::fs::remove_file(&pack_path);
+    }
+    let exe_len = exe_len?;
+
+    eprintln!(
+        "packed {} in {:.2} s",
+        first.image.as_deref().unwrap_or("the bare VM"),
+        started.elapsed().as_secs_f64()
+    );
+    for (kind, stored, size) in &written.sections {
+        eprintln!(
+            "  {:<17} {:>9} KiB stored  ({:>9} KiB unpacked)",
+            kind.as_str(),
+            stored >> 10,
+            size >> 10
+        );
+    }
+    eprintln!("  {:<17} {:>9} KiB", "pack total", written.total >> 10);
+    if a.single_file {
+        eprintln!(
+            "wrote {} ({} KiB, the pack inside)",
+            a.output.display(),
+            exe_len >> 10
+        );
+    } else {
+        eprintln!(
+            "wrote {} ({} KiB) and {}",
+            a.output.display(),
+            exe_len >> 10,
+            sidecar.display()
+        );
+    }
+    Ok(0)
+}
+
+fn sidecar_path(exe: &Path) -> PathBuf {
+    let mut p = exe.as_os_str().to_owned();
+    p.push(".smolmachine");
+    PathBuf::from(p)
+}
+
+fn temp_pack_path(exe: &Path) -> PathBuf {
+    let mut p = exe.as_os_str().to_owned();
+    p.push(format!(".{}.pack-tmp", std::process::id()));
+    PathBuf::from(p)
+}
+
+/// The pack's creation time, chosen so packing the same inputs gives the same bytes:
+/// `SOURCE_DATE_EPOCH` when set, else the image's own creation time, else the epoch.
+fn created(image_created: Option<String>) -> String {
+    if let Some(secs) = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        return humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_secs(secs),
+        )
+        .to_string();
+    }
+    image_created
+        .and_then(|c| humantime::parse_rfc3339_weak(&c).ok())
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
+}

@@ -1,0 +1,507 @@
+//! Running packed machines: what a packed executable does with its payload, shared with
+//! `smolvm pack run`.
+//!
+//! A pack's kernel and initramfs become files in the section cache on first use. Its root
+//! filesystem is read in place from the pack file when the backend can (QEMU), after being
+//! verified once; otherwise it is materialized too. Nothing is written next to the pack.
+
+use serde::Serialize;
+use smolvm_pack::format::{FormatError, Pack, SectionKind};
+use smolvm_pack::sections::{CachedSection, SectionCache, SectionError};
+use smolvm_protocol::{Exec, Lower, Setup, Upper};
+use smolvm_runtime::attach::Outcome;
+use smolvm_runtime::backend::{self, Backend, BackendKind, Boot, Disk, NoBackend};
+use smolvm_runtime::machine::{self, MachineDir, MachineError, MachineSpec, Status};
+use smolvm_runtime::run::{RunRequest, run_ephemeral};
+use smolvm_runtime::{VmError, VmSpec, trace};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// The platform this build of smolvm runs on.
+pub const HOST_PLATFORM: &str = "linux/amd64";
+
+#[derive(Debug, Error)]
+pub enum AppError {
+    #[error("{}: {source}", path.display())]
+    Format { path: PathBuf, source: FormatError },
+    #[error("no machine is packed into {exe} and there is no {sidecar} next to it")]
+    NoPayload { exe: PathBuf, sidecar: PathBuf },
+    #[error(
+        "this machine was packed for {packed} hosts; this host is {HOST_PLATFORM}: pack it again on (or for) this platform"
+    )]
+    WrongHost { packed: String },
+    #[error("this machine needs networking, which this version of smolvm does not provide yet")]
+    NeedsNetwork,
+    #[error(transparent)]
+    Section(#[from] SectionError),
+    #[error(transparent)]
+    Backend(#[from] NoBackend),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Machine(#[from] MachineError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A packed machine, ready to run.
+pub struct App {
+    pack: Pack,
+    /// How the user calls it (the executable's name).
+    pub name: String,
+    cache: SectionCache,
+}
+
+/// The pack in `exe` itself, else in `<exe>.smolmachine` next to it.
+pub fn locate(exe: &Path) -> Result<Pack, AppError> {
+    match Pack::open(exe) {
+        Ok(p) => return Ok(p),
+        Err(FormatError::BadMagic { .. } | FormatError::TooShort { .. }) => {}
+        Err(source) => {
+            return Err(AppError::Format {
+                path: exe.to_path_buf(),
+                source,
+            });
+        }
+    }
+    let mut sidecar = exe.as_os_str().to_owned();
+    sidecar.push(".smolmachine");
+    let sidecar = PathBuf::from(sidecar);
+    if !sidecar.exists() {
+        return Err(AppError::NoPayload {
+            exe: exe.to_path_buf(),
+            sidecar,
+        });
+    }
+    Pack::open(&sidecar).map_err(|source| AppError::Format {
+        path: sidecar,
+        source,
+    })
+}
+
+/// Options of an ephemeral run.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub cpus: Option<u32>,
+    pub memory: Option<u32>,
+    pub timeout_ms: Option<u64>,
+    pub interactive: bool,
+    pub tty: Option<smolvm_protocol::TtySize>,
+    pub backend: Option<BackendKind>,
+    pub force_extract: bool,
+}
+
+impl App {
+    /// A pack to inspect or run (running checks that it was packed for this host).
+    pub fn new(pack: Pack, name: String) -> Result<App, AppError> {
+        Ok(App {
+            pack,
+            name,
+            cache: SectionCache::open_default()?,
+        })
+    }
+
+    fn check_host(&self) -> Result<(), AppError> {
+        let host = &self.pack.manifest().host_platform;
+        if host != HOST_PLATFORM {
+            return Err(AppError::WrongHost {
+                packed: host.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn pack(&self) -> &Pack {
+        &self.pack
+    }
+
+    fn boot(&self, force: bool) -> Result<(Boot, Vec<CachedSection>), AppError> {
+        let kernel = self
+            .cache
+            .materialize(&self.pack, SectionKind::Kernel, force)?;
+        let initramfs = self
+            .cache
+            .materialize(&self.pack, SectionKind::Initramfs, force)?;
+        trace::mark(if kernel.extracted || initramfs.extracted {
+            "sections extracted"
+        } else {
+            "sections cached"
+        });
+        Ok((
+            Boot {
+                kernel: kernel.path.clone(),
+                initramfs: initramfs.path.clone(),
+            },
+            vec![kernel, initramfs],
+        ))
+    }
+
+    /// The root filesystem disk: read in place when the backend can, else from the cache.
+    fn rootfs(
+        &self,
+        backend: &dyn Backend,
+        force: bool,
+    ) -> Result<Option<(Disk, Option<CachedSection>)>, AppError> {
+        if self.pack.section(SectionKind::Rootfs).is_none() {
+            return Ok(None);
+        }
+        if backend.reads_in_place()
+            && let Some(range) = self.pack.file_range(SectionKind::Rootfs)
+        {
+            self.cache
+                .verify_in_place(&self.pack, SectionKind::Rootfs)?;
+            let disk = Disk {
+                id: machine::ROOTFS_SERIAL.into(),
+                path: self.pack.path().to_path_buf(),
+                read_only: true,
+                range: Some(range),
+            };
+            return Ok(Some((disk, None)));
+        }
+        let cached = self
+            .cache
+            .materialize(&self.pack, SectionKind::Rootfs, force)?;
+        Ok(Some((
+            Disk::file(machine::ROOTFS_SERIAL, cached.path.clone(), true),
+            Some(cached),
+        )))
+    }
+
+    /// What every way of booting the pack requires of this host and this smolvm.
+    fn check_runnable(&self) -> Result<(), AppError> {
+        self.check_host()?;
+        if self.pack.manifest().network.enabled {
+            return Err(AppError::NeedsNetwork);
+        }
+        Ok(())
+    }
+
+    /// The command the pack runs by default: its entrypoint and cmd.
+    pub fn default_command(&self) -> Vec<String> {
+        let run = &self.pack.manifest().run;
+        run.entrypoint.iter().chain(&run.cmd).cloned().collect()
+    }
+
+    fn exec_request(&self, command: Vec<String>, env: &[String], workdir: Option<String>) -> Exec {
+        let run = &self.pack.manifest().run;
+        // Flags win per key over the pack's environment.
+        let mut merged = run.env.clone();
+        for kv in env {
+            let key = kv.split('=').next().unwrap_or("");
+            merged.retain(|e| e.split('=').next() != Some(key));
+            merged.push(kv.clone());
+        }
+        Exec {
+            argv: command,
+            env: merged,
+            workdir: workdir.or_else(|| run.workdir.clone()),
+            user: run.user.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn command_or_default(&self, command: Vec<String>) -> Result<Vec<String>, AppError> {
+        let argv = if command.is_empty() {
+            self.default_command()
+        } else {
+            command
+        };
+        if argv.is_empty() {
+            return Err(AppError::Invalid(
+                "this machine has no default command: give one after --".into(),
+            ));
+        }
+        Ok(argv)
+    }
+
+    /// An ephemeral VM from the pack, running one command.
+    pub async fn run(&self, o: RunOptions) -> Result<Outcome, AppError> {
+        self.check_runnable()?;
+        let backend = backend::select(o.backend.unwrap_or(BackendKind::Auto))?;
+        let (boot, _sections) = self.boot(o.force_extract)?;
+        let rootfs = self.rootfs(backend.as_ref(), o.force_extract)?;
+        let lower = match rootfs {
+            Some(_) => Lower::Disk {
+                serial: machine::ROOTFS_SERIAL.into(),
+                fstype: "squashfs".into(),
+            },
+            None => Lower::Bare,
+        };
+        let (disks, _rootfs_lock): (Vec<Disk>, Option<CachedSection>) = match rootfs {
+            Some((d, c)) => (vec![d], c),
+            None => (vec![], None),
+        };
+        let res = &self.pack.manifest().resources;
+        let mut exec = self.exec_request(self.command_or_default(o.command)?, &o.env, o.workdir);
+        exec.tty = o.tty;
+        exec.stdin = o.interactive;
+        exec.timeout_ms = o.timeout_ms;
+        let req = RunRequest {
+            vm: VmSpec {
+                backend,
+                cpus: o.cpus.unwrap_or(res.cpus),
+                memory_mib: o.memory.unwrap_or(res.memory_mib),
+                boot,
+                disks,
+            },
+            setup: Setup {
+                hostname: self.name.clone(),
+                lower,
+                upper: Upper::Tmpfs,
+                workspace: None,
+            },
+            init: vec![],
+            exec,
+            stdin: o.interactive,
+        };
+        Ok(run_ephemeral(req).await?)
+    }
+
+    /// Where this executable's daemon machine keeps its disks: one per pack file, under
+    /// `$XDG_DATA_HOME/smolvm/packs/<name>-<hash of the pack file's path>`.
+    pub fn machine_dir(&self) -> Result<MachineDir, AppError> {
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .ok_or_else(|| {
+                AppError::Invalid(
+                    "cannot find the data directory: set HOME or XDG_DATA_HOME".into(),
+                )
+            })?;
+        let path = self
+            .pack
+            .path()
+            .canonicalize()
+            .unwrap_or_else(|_| self.pack.path().to_path_buf());
+        let hash = smolvm_runtime::digest_hex(path.to_string_lossy().as_bytes());
+        Ok(MachineDir::new(base.join("smolvm/packs").join(format!(
+            "{}-{}",
+            self.name,
+            &hash[..12]
+        ))))
+    }
+
+    /// Starts the pack's daemon machine (`exe` runs its supervisor: this program).
+    pub fn start(
+        &self,
+        exe: &Path,
+        cpus: Option<u32>,
+        memory: Option<u32>,
+        kind: BackendKind,
+        force: bool,
+    ) -> Result<(), AppError> {
+        self.check_runnable()?;
+        let dir = self.machine_dir()?;
+        if let Status::Running { .. } = dir.status() {
+            return Err(MachineError::AlreadyRunning.into());
+        }
+        let backend = backend::select(kind)?;
+        let (boot, sections) = self.boot(force)?;
+        let rootfs = self.rootfs(backend.as_ref(), force)?;
+        let res = &self.pack.manifest().resources;
+        dir.create()?;
+        for (kind, disk, gib) in [
+            (
+                SectionKind::OverlayTemplate,
+                dir.overlay_disk(),
+                res.overlay_gib,
+            ),
+            (
+                SectionKind::StorageTemplate,
+                dir.storage_disk(),
+                res.storage_gib,
+            ),
+        ] {
+            if !disk.exists() {
+                let template = self.cache.materialize(&self.pack, kind, force)?;
+                smolvm_runtime::fsutil::disk_from_template(
+                    &template.path,
+                    &disk,
+                    u64::from(gib) << 30,
+                )
+                .map_err(|e| AppError::Invalid(format!("creating {}: {e}", disk.display())))?;
+            }
+        }
+        let mut pinned: Vec<PathBuf> = sections
+            .iter()
+            .map(|s| s.path.with_extension("lock"))
+            .collect();
+        let rootfs = rootfs.map(|(disk, cached)| {
+            if let Some(c) = cached {
+                pinned.push(c.path.with_extension("lock"));
+            }
+            disk
+        });
+        let run = &self.pack.manifest().run;
+        dir.write_spec(&MachineSpec {
+            name: self.name.clone(),
+            backend: backend.kind().to_string(),
+            cpus: cpus.unwrap_or(res.cpus),
+            memory_mib: memory.unwrap_or(res.memory_mib),
+            kernel: boot.kernel,
+            initramfs: boot.initramfs,
+            rootfs,
+            hostname: self.name.clone(),
+            init: vec![],
+            env: run.env.clone(),
+            workdir: run.workdir.clone(),
+            user: run.user.clone(),
+            pinned,
+        })?;
+        Ok(dir.start(exe)?)
+    }
+
+    /// Runs a command in the daemon machine, attached to our stdio.
+    pub async fn exec(
+        &self,
+        command: Vec<String>,
+        env: &[String],
+        workdir: Option<String>,
+        interactive: bool,
+        tty: Option<smolvm_protocol::TtySize>,
+    ) -> Result<Outcome, AppError> {
+        let client = self.machine_dir()?.connect().await?;
+        let mut exec = self.exec_request(self.command_or_default(command)?, env, workdir);
+        exec.tty = tty;
+        exec.stdin = interactive;
+        let stream = client.exec(exec).map_err(MachineError::from)?;
+        Ok(smolvm_runtime::attach::attach(stream, interactive, tty.is_some()).await)
+    }
+
+    pub async fn stop(&self) -> Result<bool, AppError> {
+        Ok(self
+            .machine_dir()?
+            .stop(std::time::Duration::from_secs(30))
+            .await?)
+    }
+
+    pub fn status(&self) -> Result<Status, AppError> {
+        Ok(self.machine_dir()?.status())
+    }
+
+    /// What `info` prints.
+    pub fn info(&self) -> Result<Info, AppError> {
+        let m = self.pack.manifest();
+        Ok(Info {
+            name: self.name.clone(),
+            pack: self.pack.path().to_path_buf(),
+            embedded: self.pack.payload_start() > 0,
+            manifest: serde_json::to_value(m).expect("a manifest serialises"),
+            sections: m
+                .sections
+                .iter()
+                .map(|s| SectionInfo {
+                    kind: s.kind.as_str(),
+                    stored: s.length,
+                    size: s.uncompressed_size,
+                    compression: s.compression.as_str(),
+                    cached: self.cache.path_of(&s.uncompressed_sha256).exists(),
+                })
+                .collect(),
+            machine: self.status()?,
+        })
+    }
+}
+
+/// `info` for people.
+pub fn describe(info: &Info) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let m = &info.manifest;
+    let _ = writeln!(
+        out,
+        "{}: {}",
+        info.name,
+        m["image"]["reference"].as_str().unwrap_or("bare VM")
+    );
+    let _ = writeln!(
+        out,
+        "  pack:      {} ({})",
+        info.pack.display(),
+        if info.embedded {
+            "inside the executable"
+        } else {
+            "sidecar file"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  platform:  {} (packed for {} hosts)",
+        m["platform"].as_str().unwrap_or("?"),
+        m["host_platform"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        out,
+        "  created:   {} by smolvm {}",
+        m["created"].as_str().unwrap_or("?"),
+        m["smolvm_version"].as_str().unwrap_or("?")
+    );
+    let run = &m["run"];
+    let argv: Vec<String> = ["entrypoint", "cmd"]
+        .iter()
+        .flat_map(|k| run[*k].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  command:   {}",
+        if argv.is_empty() {
+            "(none)".into()
+        } else {
+            argv.join(" ")
+        }
+    );
+    let r = &m["resources"];
+    let _ = writeln!(
+        out,
+        "  resources: {} vCPU, {} MiB",
+        r["cpus"], r["memory_mib"]
+    );
+    let _ = writeln!(out, "  sections:");
+    for s in &info.sections {
+        let _ = writeln!(
+            out,
+            "    {:<17} {:>10} stored ({}), {:>10} {}",
+            s.kind,
+            s.stored,
+            s.compression,
+            s.size,
+            if s.cached { "cached" } else { "" }
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  machine:   {}",
+        match info.machine {
+            Status::Running { .. } => "running",
+            Status::Stopped => "stopped",
+        }
+    );
+    out
+}
+
+/// What `info --json` reports.
+#[derive(Debug, Serialize)]
+pub struct Info {
+    pub name: String,
+    pub pack: PathBuf,
+    /// Whether the pack is inside the executable (else a sidecar file).
+    pub embedded: bool,
+    pub manifest: serde_json::Value,
+    pub sections: Vec<SectionInfo>,
+    pub machine: Status,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SectionInfo {
+    pub kind: &'static str,
+    pub stored: u64,
+    pub size: u64,
+    pub compression: &'static str,
+    /// Whether it is materialized in the section cache.
+    pub cached: bool,
+}
