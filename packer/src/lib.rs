@@ -1,9 +1,9 @@
 //! smolvm-pack: the `.smolmachine` format, OCI image layers to a root filesystem image,
 //! and pack creation.
 //!
-//! [`format`] reads (always) and writes (with `create`) the `.smolmachine` format: the
-//! guest kernel, initramfs, root filesystem image and disk templates of a VM, with a JSON
-//! manifest and a footer, as a sidecar file or appended to the stub executable.
+//! [`format`](mod@format) reads (always) and writes (with `create`) the `.smolmachine`
+//! format: the guest kernel, initramfs, root filesystem image and disk templates of a VM,
+//! with a JSON manifest and a footer, as a sidecar file or appended to the stub executable.
 //! [`sections`] turns a pack's sections into files on first use, in a shared,
 //! content-addressed cache.
 //!
