@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use smolvm_pack::format::{
+use smolvm_pack_format::{
     ALIGN, Compression, HealthCheck, ImageInfo, Manifest, SectionInput, SectionKind, SectionSource,
     write_pack,
 };

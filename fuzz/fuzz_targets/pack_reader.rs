@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest as _, Sha256};
-use smolvm_pack::format::{Compression, FOOTER_LEN, Footer, Manifest, Pack, parse};
+use smolvm_pack_format::{Compression, FOOTER_LEN, Footer, Manifest, Pack, parse};
 use tempfile::TempDir;
 
 /// Sections larger than this uncompressed are not extracted: the fuzzer would spend its
@@ -55,7 +55,7 @@ fn read_like_smolvm(data: &[u8]) {
     }
 }
 
-fn extract(pack: &Pack, kind: smolvm_pack::format::SectionKind, dest: &Path, verified: bool) {
+fn extract(pack: &Pack, kind: smolvm_pack_format::SectionKind, dest: &Path, verified: bool) {
     let _ = fs::remove_file(dest);
     match pack.extract_section(kind, dest) {
         Ok(()) => {

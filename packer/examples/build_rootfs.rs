@@ -18,7 +18,10 @@ fn main() {
         std::process::exit(2);
     }
     // The compression is detected from the content; the media type only has to be a layer's.
-    let layers: Vec<Layer> = layers.iter().map(|p| Layer::new(p, "application/vnd.oci.image.layer.v1.tar")).collect();
+    let layers: Vec<Layer> = layers
+        .iter()
+        .map(|p| Layer::new(p, "application/vnd.oci.image.layer.v1.tar"))
+        .collect();
     match build_rootfs(&layers, &out, &BuildOptions::default()) {
         Ok(s) => println!(
             "{} entries, {} inodes, {} file bytes -> {} image bytes in {:.3} s",

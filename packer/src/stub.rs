@@ -49,12 +49,21 @@ pub struct Stub {
 
 /// Reads a stub, dropping a payload appended to it before.
 pub fn read_stub(path: &Path) -> Result<Stub, StubError> {
-    let mut bytes = std::fs::read(path).map_err(|source| StubError::Io { action: "read", path: path.into(), source })?;
+    let mut bytes = std::fs::read(path).map_err(|source| StubError::Io {
+        action: "read",
+        path: path.into(),
+        source,
+    })?;
     let end = {
-        let elf = object::File::parse(&*bytes)
-            .map_err(|e| StubError::NotElf { path: path.into(), reason: e.to_string() })?;
+        let elf = object::File::parse(&*bytes).map_err(|e| StubError::NotElf {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
         if elf.architecture() != Architecture::X86_64 {
-            return Err(StubError::WrongPlatform { path: path.into(), found: elf.architecture() });
+            return Err(StubError::WrongPlatform {
+                path: path.into(),
+                found: elf.architecture(),
+            });
         }
         image_end(&elf, bytes.len() as u64)
     };
@@ -82,8 +91,10 @@ fn image_end(elf: &object::File, file_len: u64) -> u64 {
         use object::read::elf::FileHeader;
         let header = e.elf_header();
         let endian = e.endian();
-        let sh_end = header.e_shoff(endian) + u64::from(header.e_shnum(endian)) * u64::from(header.e_shentsize(endian));
-        let ph_end = header.e_phoff(endian) + u64::from(header.e_phnum(endian)) * u64::from(header.e_phentsize(endian));
+        let sh_end = header.e_shoff(endian)
+            + u64::from(header.e_shnum(endian)) * u64::from(header.e_shentsize(endian));
+        let ph_end = header.e_phoff(endian)
+            + u64::from(header.e_phnum(endian)) * u64::from(header.e_phentsize(endian));
         end = end.max(sh_end).max(ph_end);
     }
     end.min(file_len)
@@ -92,22 +103,40 @@ fn image_end(elf: &object::File, file_len: u64) -> u64 {
 /// Writes an executable: the stub, then (with a payload) zero padding to a 4 KiB boundary
 /// and the pack's bytes, so its sections stay aligned in the file. Atomic, mode 0755.
 pub fn write_executable(stub: &Stub, payload: Option<&Path>, out: &Path) -> Result<u64, StubError> {
-    let err = |action| move |source| StubError::Io { action, path: out.into(), source };
-    let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".smolvm-exe-").tempfile_in(dir).map_err(err("create a temp file for"))?;
+    let err = |action| {
+        move |source| StubError::Io {
+            action,
+            path: out.into(),
+            source,
+        }
+    };
+    let dir = out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".smolvm-exe-")
+        .tempfile_in(dir)
+        .map_err(err("create a temp file for"))?;
     let f = tmp.as_file_mut();
     f.write_all(&stub.bytes).map_err(err("write"))?;
     let mut len = stub.bytes.len() as u64;
     if let Some(payload) = payload {
         let pad = len.next_multiple_of(ALIGN) - len;
         f.write_all(&vec![0; pad as usize]).map_err(err("write"))?;
-        let mut src = std::fs::File::open(payload)
-            .map_err(|source| StubError::Io { action: "read", path: payload.into(), source })?;
+        let mut src = std::fs::File::open(payload).map_err(|source| StubError::Io {
+            action: "read",
+            path: payload.into(),
+            source,
+        })?;
         len += pad + io::copy(&mut src, f).map_err(err("write"))?;
     }
-    f.set_permissions(std::fs::Permissions::from_mode(0o755)).map_err(err("set permissions of"))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o755))
+        .map_err(err("set permissions of"))?;
     f.sync_all().map_err(err("sync"))?;
     tmp.persist(out).map_err(|e| err("rename into")(e.error))?;
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err("sync the directory of"))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err("sync the directory of"))?;
     Ok(len)
 }

@@ -23,7 +23,10 @@ fn the_stub_of_this_build_reads_back_whole_and_a_payload_round_trips() {
     // This test's own executable is a real x86_64 ELF.
     let me = std::env::current_exe().unwrap();
     let stub = read_stub(&me).unwrap();
-    assert_eq!(stub.bytes.len() as u64, std::fs::metadata(&me).unwrap().len());
+    assert_eq!(
+        stub.bytes.len() as u64,
+        std::fs::metadata(&me).unwrap().len()
+    );
     assert_eq!(stub.stripped, 0);
 
     // Append a fake payload, then read the result as a stub again: the payload goes.
@@ -36,7 +39,10 @@ fn the_stub_of_this_build_reads_back_whole_and_a_payload_round_trips() {
     assert_eq!(again.bytes, stub.bytes, "the old payload was not stripped");
     assert!(again.stripped > 0);
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&exe).unwrap().permissions().mode() & 0o777, 0o755);
+    assert_eq!(
+        std::fs::metadata(&exe).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
     // The payload starts on a 4 KiB boundary, so its sections stay aligned.
     let bytes = std::fs::read(&exe).unwrap();
     let start = bytes.len() - std::fs::metadata(&payload).unwrap().len() as usize;
@@ -50,14 +56,18 @@ fn stubs_for_other_cpus_and_non_elf_files_are_refused() {
     let arm = dir.path().join("arm64-stub");
     std::fs::write(&arm, elf(183, &[])).unwrap(); // EM_AARCH64
     match read_stub(&arm) {
-        Err(e @ StubError::WrongPlatform { .. }) => assert!(e.to_string().contains("need an x86_64 stub"), "{e}"),
+        Err(e @ StubError::WrongPlatform { .. }) => {
+            assert!(e.to_string().contains("need an x86_64 stub"), "{e}")
+        }
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("an aarch64 stub was accepted"),
     }
     let text = dir.path().join("script");
     std::fs::write(&text, b"#!/bin/sh\necho not elf\n").unwrap();
     match read_stub(&text) {
-        Err(e @ StubError::NotElf { .. }) => assert!(e.to_string().contains("is not a smolvm stub"), "{e}"),
+        Err(e @ StubError::NotElf { .. }) => {
+            assert!(e.to_string().contains("is not a smolvm stub"), "{e}")
+        }
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("a script was accepted as a stub"),
     }

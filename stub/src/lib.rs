@@ -6,8 +6,8 @@
 //! verified once; otherwise it is materialized too. Nothing is written next to the pack.
 
 use serde::Serialize;
-use smolvm_pack::format::{FormatError, Pack, SectionKind};
-use smolvm_pack::sections::{CachedSection, SectionCache, SectionError};
+use smolvm_pack_format::cache::{CachedSection, SectionCache, SectionError};
+use smolvm_pack_format::{FormatError, Pack, SectionKind};
 use smolvm_protocol::{Exec, Lower, Setup, Upper};
 use smolvm_runtime::attach::Outcome;
 use smolvm_runtime::backend::{self, Backend, BackendKind, Boot, Disk, NoBackend};
@@ -118,25 +118,39 @@ impl App {
         &self.pack
     }
 
-    fn boot(&self, force: bool) -> Result<(Boot, Vec<CachedSection>), AppError> {
-        let kernel = self
-            .cache
-            .materialize(&self.pack, SectionKind::Kernel, force)?;
-        let initramfs = self
-            .cache
-            .materialize(&self.pack, SectionKind::Initramfs, force)?;
+    /// Everything a VM of this pack boots from, made ready at once: kernel, initramfs and
+    /// root filesystem (extracted or verified) on separate threads, as a first run's cost
+    /// is that work.
+    fn prepare(&self, backend: &dyn Backend, force: bool) -> Result<Prepared, AppError> {
+        let (kernel, initramfs, rootfs) = std::thread::scope(|s| {
+            let section = |kind| s.spawn(move || self.cache.materialize(&self.pack, kind, force));
+            let (kernel, initramfs) = (
+                section(SectionKind::Kernel),
+                section(SectionKind::Initramfs),
+            );
+            let rootfs = self.rootfs(backend, force);
+            (
+                kernel.join().expect("no panic"),
+                initramfs.join().expect("no panic"),
+                rootfs,
+            )
+        });
+        let (kernel, initramfs, rootfs) = (kernel?, initramfs?, rootfs?);
         trace::mark(if kernel.extracted || initramfs.extracted {
             "sections extracted"
         } else {
             "sections cached"
         });
-        Ok((
-            Boot {
-                kernel: kernel.path.clone(),
-                initramfs: initramfs.path.clone(),
-            },
-            vec![kernel, initramfs],
-        ))
+        let boot = Boot {
+            kernel: kernel.path.clone(),
+            initramfs: initramfs.path.clone(),
+        };
+        let mut held = vec![kernel, initramfs];
+        let rootfs = rootfs.map(|(disk, cached)| {
+            held.extend(cached);
+            disk
+        });
+        Ok(Prepared { boot, rootfs, held })
     }
 
     /// The root filesystem disk: read in place when the backend can, else from the cache.
@@ -221,19 +235,16 @@ impl App {
     pub async fn run(&self, o: RunOptions) -> Result<Outcome, AppError> {
         self.check_runnable()?;
         let backend = backend::select(o.backend.unwrap_or(BackendKind::Auto))?;
-        let (boot, _sections) = self.boot(o.force_extract)?;
-        let rootfs = self.rootfs(backend.as_ref(), o.force_extract)?;
-        let lower = match rootfs {
+        // `prepared` holds the cache entries (shared locks) until the VM is gone.
+        let prepared = self.prepare(backend.as_ref(), o.force_extract)?;
+        let lower = match prepared.rootfs {
             Some(_) => Lower::Disk {
                 serial: machine::ROOTFS_SERIAL.into(),
                 fstype: "squashfs".into(),
             },
             None => Lower::Bare,
         };
-        let (disks, _rootfs_lock): (Vec<Disk>, Option<CachedSection>) = match rootfs {
-            Some((d, c)) => (vec![d], c),
-            None => (vec![], None),
-        };
+        let disks: Vec<Disk> = prepared.rootfs.iter().cloned().collect();
         let res = &self.pack.manifest().resources;
         let mut exec = self.exec_request(self.command_or_default(o.command)?, &o.env, o.workdir);
         exec.tty = o.tty;
@@ -244,7 +255,7 @@ impl App {
                 backend,
                 cpus: o.cpus.unwrap_or(res.cpus),
                 memory_mib: o.memory.unwrap_or(res.memory_mib),
-                boot,
+                boot: prepared.boot.clone(),
                 disks,
             },
             setup: Setup {
@@ -257,7 +268,9 @@ impl App {
             exec,
             stdin: o.interactive,
         };
-        Ok(run_ephemeral(req).await?)
+        let outcome = run_ephemeral(req).await?;
+        drop(prepared);
+        Ok(outcome)
     }
 
     /// Where this executable's daemon machine keeps its disks: one per pack file, under
@@ -300,8 +313,7 @@ impl App {
             return Err(MachineError::AlreadyRunning.into());
         }
         let backend = backend::select(kind)?;
-        let (boot, sections) = self.boot(force)?;
-        let rootfs = self.rootfs(backend.as_ref(), force)?;
+        let prepared = self.prepare(backend.as_ref(), force)?;
         let res = &self.pack.manifest().resources;
         dir.create()?;
         for (kind, disk, gib) in [
@@ -326,25 +338,21 @@ impl App {
                 .map_err(|e| AppError::Invalid(format!("creating {}: {e}", disk.display())))?;
             }
         }
-        let mut pinned: Vec<PathBuf> = sections
+        // The supervisor keeps these cache entries locked for as long as the machine runs.
+        let pinned: Vec<PathBuf> = prepared
+            .held
             .iter()
             .map(|s| s.path.with_extension("lock"))
             .collect();
-        let rootfs = rootfs.map(|(disk, cached)| {
-            if let Some(c) = cached {
-                pinned.push(c.path.with_extension("lock"));
-            }
-            disk
-        });
         let run = &self.pack.manifest().run;
         dir.write_spec(&MachineSpec {
             name: self.name.clone(),
             backend: backend.kind().to_string(),
             cpus: cpus.unwrap_or(res.cpus),
             memory_mib: memory.unwrap_or(res.memory_mib),
-            kernel: boot.kernel,
-            initramfs: boot.initramfs,
-            rootfs,
+            kernel: prepared.boot.kernel.clone(),
+            initramfs: prepared.boot.initramfs.clone(),
+            rootfs: prepared.rootfs.clone(),
             hostname: self.name.clone(),
             init: vec![],
             env: run.env.clone(),
@@ -482,6 +490,13 @@ pub fn describe(info: &Info) -> String {
         }
     );
     out
+}
+
+/// What a VM of a pack boots from, and the cache entries it holds while it runs.
+struct Prepared {
+    boot: Boot,
+    rootfs: Option<Disk>,
+    held: Vec<CachedSection>,
 }
 
 /// What `info --json` reports.

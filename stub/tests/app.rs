@@ -1,6 +1,6 @@
 //! What a packed executable refuses before it boots anything.
 
-use smolvm_pack::format::{
+use smolvm_pack_format::{
     Compression, Manifest, SectionInput, SectionKind, SectionSource, write_pack,
 };
 use smolvm_stub::{App, AppError, RunOptions, locate};

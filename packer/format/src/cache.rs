@@ -4,15 +4,21 @@
 //! ```text
 //! <cache>/sections/sha256/<hex>        a section's contents, uncompressed (read-only)
 //! <cache>/sections/sha256/<hex>.lock   exclusive while being written; shared while in use
+//! <cache>/sections/sha256/<hex>.boot   the boot id under which the entry was last known good
 //! <cache>/sections/verified/<key>      a pack file's in-place section was verified
 //! ```
+//!
+//! Entries are not fsynced (that was much of a first run's cost). Data in the page cache
+//! survives any process crash; only a kernel crash or power loss can lose it, and either
+//! means a new boot id. So an entry whose marker names another boot is hashed once before
+//! it is used again, and extracted anew if it does not match.
 //!
 //! Two first runs at once both succeed: the second waits for the first's exclusive lock and
 //! then finds the file. An entry appears under its name only once extracted and verified
 //! (temp file, fsync, rename), so a half-written entry is never used. Entries a VM uses are
 //! held with a shared lock, which eviction respects.
 
-use crate::format::{FormatError, Pack, SectionKind};
+use crate::{Durability, FormatError, Pack, SectionKind};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -50,7 +56,11 @@ pub enum SectionError {
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SectionError {
     let path = path.to_owned();
-    move |source| SectionError::Io { action, path, source }
+    move |source| SectionError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 /// A section as a file. While this lives, the entry is not evicted.
@@ -103,30 +113,61 @@ impl SectionCache {
 
     /// Where the section with contents `digest` (`sha256:<hex>`) is cached, present or not.
     pub fn path_of(&self, digest: &str) -> PathBuf {
-        self.dir.join("sha256").join(digest.trim_start_matches("sha256:"))
+        self.dir
+            .join("sha256")
+            .join(digest.trim_start_matches("sha256:"))
     }
 
     /// The section `kind` of `pack` as a file, extracting and verifying it the first time
     /// (or every time with `force`).
-    pub fn materialize(&self, pack: &Pack, kind: SectionKind, force: bool) -> Result<CachedSection, SectionError> {
+    pub fn materialize(
+        &self,
+        pack: &Pack,
+        kind: SectionKind,
+        force: bool,
+    ) -> Result<CachedSection, SectionError> {
         let entry = pack.section(kind).ok_or(SectionError::Missing(kind))?;
         let path = self.path_of(&entry.uncompressed_sha256);
         let lock_path = path.with_extension("lock");
         let lock = File::create(&lock_path).map_err(io_error("open", &lock_path))?;
         flock(&lock, libc::LOCK_EX).map_err(io_error("lock", &lock_path))?;
+        let boot = boot_id();
+        let marker = path.with_extension("boot");
         let present = std::fs::metadata(&path).is_ok_and(|m| m.len() == entry.uncompressed_size);
-        let extracted = force || !present;
+        let good = present
+            && !force
+            && (boot.is_some() && std::fs::read_to_string(&marker).ok() == boot
+                || hex_of_file(&path)
+                    .is_ok_and(|h| h == entry.uncompressed_sha256.trim_start_matches("sha256:")));
+        let extracted = !good;
         if extracted {
             let _ = std::fs::remove_file(&path);
-            pack.extract_section(kind, &path)?;
-            let _ = std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o444));
-        } else {
+            // Without a boot id to tell a reboot by, fall back to syncing.
+            let durability = if boot.is_some() {
+                Durability::Unsynced
+            } else {
+                Durability::Synced
+            };
+            pack.extract_section_with(kind, &path, durability)?;
+            let _ = std::fs::set_permissions(
+                &path,
+                std::os::unix::fs::PermissionsExt::from_mode(0o444),
+            );
+        }
+        if let Some(boot) = &boot {
+            let _ = std::fs::write(&marker, boot);
+        }
+        if !extracted {
             // Last use, for eviction order.
             let _ = File::open(&path).and_then(|f| f.set_modified(SystemTime::now()));
         }
         // Readers share; eviction needs the exclusive lock.
         flock(&lock, libc::LOCK_SH).map_err(io_error("lock", &lock_path))?;
-        Ok(CachedSection { path, extracted, _lock: lock })
+        Ok(CachedSection {
+            path,
+            extracted,
+            _lock: lock,
+        })
     }
 
     /// Checks an uncompressed section where it lies in the pack file, once per version of
@@ -167,7 +208,11 @@ impl SectionCache {
                 continue; // lock files
             }
             if let Ok(m) = e.metadata() {
-                out.push((path, m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
+                out.push((
+                    path,
+                    m.len(),
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                ));
             }
         }
         out.sort_by_key(|(_, _, used)| *used);
@@ -178,18 +223,24 @@ impl SectionCache {
     /// never one a running VM uses. `max_bytes = 0` removes everything not in use.
     pub fn evict(&self, max_bytes: u64) -> EvictReport {
         let entries = self.entries();
-        let mut report = EvictReport { bytes_left: entries.iter().map(|(_, len, _)| len).sum(), ..Default::default() };
+        let mut report = EvictReport {
+            bytes_left: entries.iter().map(|(_, len, _)| len).sum(),
+            ..Default::default()
+        };
         for (path, len, _) in entries {
             if report.bytes_left <= max_bytes && max_bytes > 0 {
                 break;
             }
             let lock_path = path.with_extension("lock");
-            let Ok(lock) = File::create(&lock_path) else { continue };
+            let Ok(lock) = File::create(&lock_path) else {
+                continue;
+            };
             if flock(&lock, libc::LOCK_EX | libc::LOCK_NB).is_err() {
                 report.in_use += 1;
                 continue;
             }
             if std::fs::remove_file(&path).is_ok() {
+                let _ = std::fs::remove_file(path.with_extension("boot"));
                 let _ = std::fs::remove_file(&lock_path);
                 report.removed += 1;
                 report.bytes_freed += len;
@@ -198,7 +249,11 @@ impl SectionCache {
         }
         if max_bytes == 0 {
             // Verification markers are cheap to recreate.
-            for e in std::fs::read_dir(self.dir.join("verified")).into_iter().flatten().flatten() {
+            for e in std::fs::read_dir(self.dir.join("verified"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -208,22 +263,60 @@ impl SectionCache {
 
 /// The cache size cap: `SMOLVM_SECTION_CACHE_MAX` or [`DEFAULT_MAX_BYTES`].
 pub fn max_bytes_from_env() -> u64 {
-    let Ok(v) = std::env::var("SMOLVM_SECTION_CACHE_MAX") else { return DEFAULT_MAX_BYTES };
+    let Ok(v) = std::env::var("SMOLVM_SECTION_CACHE_MAX") else {
+        return DEFAULT_MAX_BYTES;
+    };
     let v = v.trim();
     let (num, mult) = match v.chars().last() {
         Some('G' | 'g') => (&v[..v.len() - 1], 1u64 << 30),
         Some('M' | 'm') => (&v[..v.len() - 1], 1 << 20),
         _ => (v, 1),
     };
-    num.parse::<u64>().map(|n| n * mult).unwrap_or(DEFAULT_MAX_BYTES)
+    num.parse::<u64>()
+        .map(|n| n * mult)
+        .unwrap_or(DEFAULT_MAX_BYTES)
+}
+
+/// This boot of the kernel: changes exactly when the machine has gone down.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn hex_of_file(path: &Path) -> io::Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut hasher = sha2::Sha256::new();
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match f.read(&mut buf)? {
+            0 => break,
+            n => hasher.update(&buf[..n]),
+        }
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn hex_sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn flock(f: &File, op: libc::c_int) -> io::Result<()> {
     // SAFETY: flock on a descriptor we hold.
-    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

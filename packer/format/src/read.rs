@@ -2,7 +2,7 @@
 //! whose sections can be verified, extracted or read in place.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -14,6 +14,15 @@ use super::{
     ALIGN, Compression, FOOTER_LEN, Footer, FormatError, MAX_MANIFEST_LEN, MAX_SECTION_SIZE,
     Manifest, SectionEntry, SectionKind, digest_string, sha256_string,
 };
+
+/// Whether extracted data is forced to disk before it is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync the file and its directory: the data survives a power loss.
+    Synced,
+    /// Leave it to the page cache: it survives any process crash, not the kernel's.
+    Unsynced,
+}
 
 /// Does `bytes` (a whole file) end with a pack footer's magic? Cheap; says nothing about
 /// whether the pack is valid.
@@ -307,6 +316,18 @@ impl Pack {
     /// renamed over `dest`: on any failure `dest` is untouched and no temporary file is
     /// left behind. The file is created with mode 0600.
     pub fn extract_section(&self, kind: SectionKind, dest: &Path) -> Result<(), FormatError> {
+        self.extract_section_with(kind, dest, Durability::Synced)
+    }
+
+    /// [`Pack::extract_section`], choosing whether the data is synced to disk before the
+    /// rename: a cache that can tell whether the machine went down since it wrote an entry
+    /// (and then re-verifies it) can skip the sync, which is much of the cost of a first run.
+    pub fn extract_section_with(
+        &self,
+        kind: SectionKind,
+        dest: &Path,
+        durability: Durability,
+    ) -> Result<(), FormatError> {
         let stored = self.stored_bytes(kind)?;
         let entry = self.section(kind).expect("stored_bytes found it");
         let dest_err = |source| FormatError::Extract {
@@ -332,9 +353,16 @@ impl Pack {
                 unpack(entry, decoder, tmp.as_file_mut(), dest)
             }
         }?;
-        tmp.as_file().sync_all().map_err(dest_err)?;
+        if durability == Durability::Synced {
+            tmp.as_file().sync_all().map_err(dest_err)?;
+        }
         tmp.persist(dest).map_err(|e| dest_err(e.error))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(dest_err)
+        if durability == Durability::Synced {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(dest_err)?;
+        }
+        Ok(())
     }
 
     /// Absolute `(offset, length)` of an uncompressed section in the file, for a VMM to
@@ -348,6 +376,25 @@ impl Pack {
 
 /// Copies a section's uncompressed data from `data` to `out`, reading at most one byte
 /// more than declared, and checks its size and digest.
+/// Writes `data` at the current position, seeking over whole zero blocks instead of writing
+/// them: the kernel's alignment padding and the empty space of disk templates stay holes,
+/// which is less to write and less disk used.
+fn write_sparse(out: &mut File, data: &[u8]) -> io::Result<()> {
+    const BLOCK: usize = 4096;
+    let mut run_start = 0;
+    let mut i = 0;
+    while i < data.len() {
+        let end = (i + BLOCK).min(data.len());
+        if data[i..end].iter().all(|&b| b == 0) {
+            out.write_all(&data[run_start..i])?;
+            out.seek(io::SeekFrom::Current((end - i) as i64))?;
+            run_start = end;
+        }
+        i = end;
+    }
+    out.write_all(&data[run_start..])
+}
+
 fn unpack(
     entry: &SectionEntry,
     data: impl Read,
@@ -373,13 +420,18 @@ fn unpack(
             return Err(FormatError::DecompressedTooLarge { kind, declared });
         }
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|source| FormatError::Extract {
-                kind,
-                path: dest.to_path_buf(),
-                source,
-            })?;
+        write_sparse(out, &buf[..n]).map_err(|source| FormatError::Extract {
+            kind,
+            path: dest.to_path_buf(),
+            source,
+        })?;
     }
+    // Trailing zeros were skipped: the length makes them a hole.
+    out.set_len(total).map_err(|source| FormatError::Extract {
+        kind,
+        path: dest.to_path_buf(),
+        source,
+    })?;
     if total != declared {
         return Err(FormatError::DecompressedSize {
             kind,

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use smolvm_pack::format::{
+use smolvm_pack_format::{
     ALIGN, Compression, FOOTER_LEN, Footer, FormatError, FormatVersion, HealthCheck, ImageInfo,
     MAX_SECTION_SIZE, Manifest, Network, Pack, Resources, RunConfig, SectionInput, SectionKind,
     SectionSource, has_payload, parse, payload_start, write_pack,

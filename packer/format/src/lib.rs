@@ -1,4 +1,4 @@
-//! The `.smolmachine` format: a VM's guest-side files (kernel, initramfs, root filesystem
+//! smolvm-pack-format: the `.smolmachine` format: a VM's guest-side files (kernel, initramfs, root filesystem
 //! image, disk templates) in one seekable, verifiable file.
 //!
 //! A payload is a run of independent sections, each starting at a multiple of [`ALIGN`]
@@ -14,18 +14,21 @@
 //!  ^ offsets of sections are multiples of 4096 from the payload start
 //! ```
 //!
-//! Reading ([`parse`], [`Pack`]) is always built: the stub carries it. Writing
-//! ([`write_pack`]) needs the `create` feature. docs/FORMAT.md is the full specification.
+//! Reading ([`parse`], [`Pack`]) and writing ([`write_pack`]); [`cache`] turns a pack's
+//! sections into files on first use. This crate is all the packed-executable stub needs of
+//! packs: it knows nothing of images or registries. docs/FORMAT.md is the full specification.
 //!
 //! Every value a reader takes from a file is validated before it is used (see [`parse`]),
 //! and every section error names the section: a damaged or hostile file gives a
 //! [`FormatError`], never a panic, an out-of-bounds read or unbounded decompression.
 
+#![warn(missing_docs)]
+
+pub mod cache;
 mod error;
 mod footer;
 mod manifest;
 mod read;
-#[cfg(feature = "create")]
 mod write;
 
 pub use error::FormatError;
@@ -34,8 +37,7 @@ pub use manifest::{
     Compression, FormatVersion, HealthCheck, ImageInfo, Manifest, Network, Resources, RunConfig,
     SectionEntry, SectionKind,
 };
-pub use read::{Pack, has_payload, parse, payload_start};
-#[cfg(feature = "create")]
+pub use read::{Durability, Pack, has_payload, parse, payload_start};
 pub use write::{SectionInput, SectionSource, WriteSummary, write_pack};
 
 /// The last 8 bytes of every pack.
