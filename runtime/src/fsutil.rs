@@ -43,6 +43,15 @@ fn sync_dir(path: &Path) -> io::Result<()> {
 /// template's data extents are copied (the rest stays a hole), then the file is extended.
 /// The guest grows the filesystem to the disk on its next boot.
 pub fn disk_from_template(template: &Path, dest: &Path, size: u64) -> io::Result<()> {
+    if dest.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} already exists; a disk is never replaced",
+                dest.display()
+            ),
+        ));
+    }
     let src = File::open(template)?;
     let len = src.metadata()?.len();
     if size < len {
@@ -61,7 +70,9 @@ pub fn disk_from_template(template: &Path, dest: &Path, size: u64) -> io::Result
         copy_data_extents(&src, &dst, len)?;
         dst.set_len(size)?;
         dst.sync_all()?;
-        std::fs::rename(&tmp, dest)?;
+        // A link, not a rename: it fails if `dest` appeared meanwhile instead of replacing it.
+        std::fs::hard_link(&tmp, dest)?;
+        std::fs::remove_file(&tmp)?;
         sync_dir(dest)
     })();
     if result.is_err() {
