@@ -1,6 +1,7 @@
 //! `smolvm machine ...`
 
 use crate::image::{self, Pull};
+use crate::lifecycle;
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use smolfile::{Overrides, Purpose, Smolfile};
@@ -27,6 +28,39 @@ pub enum MachineCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Create a persistent machine (it keeps its files across commands and restarts)
+    Create(Box<lifecycle::CreateArgs>),
+    /// Start a machine
+    Start(lifecycle::NameArg),
+    /// Stop a machine (its guest syncs and powers off)
+    Stop(lifecycle::NameArg),
+    /// Delete a machine and everything it owns
+    Delete {
+        /// The machine
+        name: String,
+        /// Stop it first if it runs
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Show one machine's state
+    Status {
+        #[command(flatten)]
+        name: lifecycle::NameArg,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List machines
+    #[command(alias = "list")]
+    Ls {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command in a running machine
+    Exec(Box<lifecycle::ExecArgs>),
+    /// Change a machine's vCPUs or memory, or grow its disks
+    Resize(lifecycle::ResizeArgs),
 }
 
 #[derive(Args)]
@@ -80,6 +114,14 @@ pub fn dispatch(cmd: MachineCommand) -> anyhow::Result<i32> {
         MachineCommand::Run(args) => run(*args),
         MachineCommand::Images { json } => images(json),
         MachineCommand::Prune { json } => prune(json),
+        MachineCommand::Create(a) => lifecycle::create(*a),
+        MachineCommand::Start(n) => lifecycle::start(&n.name),
+        MachineCommand::Stop(n) => lifecycle::stop(&n.name),
+        MachineCommand::Delete { name, force } => lifecycle::delete(&name, force),
+        MachineCommand::Status { name, json } => lifecycle::status(&name.name, json),
+        MachineCommand::Ls { json } => lifecycle::list(json),
+        MachineCommand::Exec(a) => lifecycle::exec(*a),
+        MachineCommand::Resize(a) => lifecycle::resize(a),
     }
 }
 
@@ -231,7 +273,7 @@ fn prune(json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn human_bytes(n: u64) -> String {
+pub fn human_bytes(n: u64) -> String {
     match n {
         n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
         n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),

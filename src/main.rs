@@ -4,6 +4,7 @@
 mod cli;
 mod config_cmd;
 mod image;
+mod lifecycle;
 mod machine;
 mod pack;
 mod progress;

@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use smolfile::{Overrides, Purpose, Smolfile};
 use smolvm_pack::format::{
-    self, Compression, HealthCheck, ImageInfo, Manifest, Network, Resources, RunConfig,
+    self, Compression, ImageInfo, Manifest, Network, Resources, RunConfig,
     SectionInput, SectionKind, SectionSource, write_pack,
 };
 use smolvm_pack::sections::SectionCache;
@@ -271,13 +271,7 @@ fn create(a: CreateArgs) -> anyhow::Result<i32> {
             allow_cidrs: eff.allow_cidrs.iter().map(|c| c.to_string()).collect(),
             ports: eff.ports.iter().map(|p| p.to_string()).collect(),
         },
-        health: eff.health.as_ref().map(|h| HealthCheck {
-            exec: h.exec.clone(),
-            interval_ms: h.interval.as_millis() as u64,
-            timeout_ms: h.timeout.as_millis() as u64,
-            startup_grace_ms: h.startup_grace.as_millis() as u64,
-            retries: h.retries,
-        }),
+        health: eff.health.as_ref().map(smolvm_runtime::machine::health_check),
         ..Default::default()
     };
     let file = |kind, path: &Path, compression| SectionInput {

@@ -150,7 +150,11 @@ impl App {
             held.extend(cached);
             disk
         });
-        Ok(Prepared { boot, rootfs, held })
+        Ok(Prepared {
+            boot,
+            rootfs,
+            _held: held,
+        })
     }
 
     /// The root filesystem disk: read in place when the backend can, else from the cache.
@@ -276,56 +280,58 @@ impl App {
     /// Where this executable's daemon machine keeps its disks: one per pack file, under
     /// `$XDG_DATA_HOME/smolvm/packs/<name>-<hash of the pack file's path>`.
     pub fn machine_dir(&self) -> Result<MachineDir, AppError> {
-        let base = std::env::var_os("XDG_DATA_HOME")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-            .ok_or_else(|| {
-                AppError::Invalid(
-                    "cannot find the data directory: set HOME or XDG_DATA_HOME".into(),
-                )
-            })?;
+        let base = machine::data_dir().map_err(|e| AppError::Invalid(e.to_string()))?;
         let path = self
             .pack
             .path()
             .canonicalize()
             .unwrap_or_else(|_| self.pack.path().to_path_buf());
         let hash = smolvm_runtime::digest_hex(path.to_string_lossy().as_bytes());
-        Ok(MachineDir::new(base.join("smolvm/packs").join(format!(
+        Ok(MachineDir::new(base.join("packs").join(format!(
             "{}-{}",
             self.name,
             &hash[..12]
         ))))
     }
 
-    /// Starts the pack's daemon machine (`exe` runs its supervisor: this program).
-    pub fn start(
+    /// Fills `dir` with everything a persistent machine of this pack boots from, owned by
+    /// the machine (links to the section cache, see [`MachineDir::adopt`]), and creates its
+    /// writable disks (sizes from the pack unless given) if they do not exist yet. Returns
+    /// the machine's spec with the pack's defaults; the caller adjusts and writes it.
+    pub fn provision(
         &self,
-        exe: &Path,
-        cpus: Option<u32>,
-        memory: Option<u32>,
-        kind: BackendKind,
+        dir: &MachineDir,
+        backend: &dyn Backend,
+        sizes: DiskSizes,
         force: bool,
-    ) -> Result<(), AppError> {
+    ) -> Result<MachineSpec, AppError> {
         self.check_runnable()?;
-        let dir = self.machine_dir()?;
-        if let Status::Running { .. } = dir.status() {
-            return Err(MachineError::AlreadyRunning.into());
-        }
-        let backend = backend::select(kind)?;
-        let prepared = self.prepare(backend.as_ref(), force)?;
-        let res = &self.pack.manifest().resources;
         dir.create()?;
+        let sections = [
+            (SectionKind::Kernel, "vmlinux"),
+            (SectionKind::Initramfs, "initramfs.cpio"),
+            (SectionKind::Rootfs, "rootfs.img"),
+        ];
+        let mut owned = Vec::new();
+        for (kind, file) in sections {
+            if self.pack.section(kind).is_none() {
+                owned.push(None);
+                continue;
+            }
+            let cached = self.cache.materialize(&self.pack, kind, force)?;
+            owned.push(Some(dir.adopt(&cached.path, file)?));
+        }
+        let res = &self.pack.manifest().resources;
         for (kind, disk, gib) in [
             (
                 SectionKind::OverlayTemplate,
                 dir.overlay_disk(),
-                res.overlay_gib,
+                sizes.overlay_gib.unwrap_or(res.overlay_gib),
             ),
             (
                 SectionKind::StorageTemplate,
                 dir.storage_disk(),
-                res.storage_gib,
+                sizes.storage_gib.unwrap_or(res.storage_gib),
             ),
         ] {
             if !disk.exists() {
@@ -338,28 +344,50 @@ impl App {
                 .map_err(|e| AppError::Invalid(format!("creating {}: {e}", disk.display())))?;
             }
         }
-        // The supervisor keeps these cache entries locked for as long as the machine runs.
-        let pinned: Vec<PathBuf> = prepared
-            .held
-            .iter()
-            .map(|s| s.path.with_extension("lock"))
-            .collect();
+        let [Some(kernel), Some(initramfs), rootfs] = <[Option<PathBuf>; 3]>::try_from(owned)
+            .expect("three sections")
+        else {
+            return Err(AppError::Invalid(
+                "the pack has no kernel or no initramfs section".into(),
+            ));
+        };
         let run = &self.pack.manifest().run;
-        dir.write_spec(&MachineSpec {
+        Ok(MachineSpec {
             name: self.name.clone(),
             backend: backend.kind().to_string(),
-            cpus: cpus.unwrap_or(res.cpus),
-            memory_mib: memory.unwrap_or(res.memory_mib),
-            kernel: prepared.boot.kernel.clone(),
-            initramfs: prepared.boot.initramfs.clone(),
-            rootfs: prepared.rootfs.clone(),
+            cpus: res.cpus,
+            memory_mib: res.memory_mib,
+            kernel,
+            initramfs,
+            rootfs: rootfs.map(|p| Disk::file(machine::ROOTFS_SERIAL, p, true)),
             hostname: self.name.clone(),
             init: vec![],
             env: run.env.clone(),
             workdir: run.workdir.clone(),
             user: run.user.clone(),
-            pinned,
-        })?;
+            health: self.pack.manifest().health.clone(),
+            restart: Default::default(),
+        })
+    }
+
+    /// Starts the pack's daemon machine (`exe` runs its supervisor: this program).
+    pub fn start(
+        &self,
+        exe: &Path,
+        cpus: Option<u32>,
+        memory: Option<u32>,
+        kind: BackendKind,
+        force: bool,
+    ) -> Result<(), AppError> {
+        let dir = self.machine_dir()?;
+        if let Status::Running { .. } = dir.status() {
+            return Err(MachineError::AlreadyRunning.into());
+        }
+        let backend = backend::select(kind)?;
+        let mut spec = self.provision(&dir, backend.as_ref(), DiskSizes::default(), force)?;
+        spec.cpus = cpus.unwrap_or(spec.cpus);
+        spec.memory_mib = memory.unwrap_or(spec.memory_mib);
+        dir.write_spec(&spec)?;
         Ok(dir.start(exe)?)
     }
 
@@ -493,10 +521,18 @@ pub fn describe(info: &Info) -> String {
 }
 
 /// What a VM of a pack boots from, and the cache entries it holds while it runs.
+/// Sizes of a machine's writable disks in GiB; `None` takes the pack's.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiskSizes {
+    pub overlay_gib: Option<u32>,
+    pub storage_gib: Option<u32>,
+}
+
 struct Prepared {
     boot: Boot,
     rootfs: Option<Disk>,
-    held: Vec<CachedSection>,
+    /// Locks on the cache entries the VM boots from, so pruning keeps them while it runs.
+    _held: Vec<CachedSection>,
 }
 
 /// What `info --json` reports.

@@ -16,12 +16,15 @@
 //! nothing, so there are no stale locks or pid files to second-guess.
 
 pub mod proxy;
+pub mod store;
 mod supervisor;
 
+pub use store::{MachineRecord, MachineStore, StoreError, data_dir, validate_name};
 pub use supervisor::supervise_entry;
 
 use crate::agent::{AgentClient, AgentError};
 use crate::backend::{BackendKind, Boot, Disk};
+pub use smolvm_pack_format::HealthCheck;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{self, Read};
@@ -61,10 +64,47 @@ pub struct MachineSpec {
     pub workdir: Option<String>,
     #[serde(default)]
     pub user: Option<String>,
-    /// Files kept under a shared lock while the machine runs (its image or pack sections),
-    /// so pruning caches never removes what it boots from.
+    /// The `[health]` check `machine monitor` runs, and what it does when it fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
     #[serde(default)]
-    pub pinned: Vec<PathBuf>,
+    pub restart: RestartPolicy,
+}
+
+/// A Smolfile's `[health]` as machines and packs store it.
+pub fn health_check(h: &smolfile::Health) -> HealthCheck {
+    HealthCheck {
+        exec: h.exec.clone(),
+        interval_ms: h.interval.as_millis() as u64,
+        timeout_ms: h.timeout.as_millis() as u64,
+        startup_grace_ms: h.startup_grace.as_millis() as u64,
+        retries: h.retries,
+    }
+}
+
+/// When `machine monitor` restarts the machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// `never`, `always`, `on-failure` or `unless-stopped`.
+    pub policy: String,
+    pub max_retries: Option<u32>,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        (&smolfile::Restart::default()).into()
+    }
+}
+
+impl From<&smolfile::Restart> for RestartPolicy {
+    fn from(r: &smolfile::Restart) -> Self {
+        RestartPolicy {
+            policy: r.policy.as_str().to_string(),
+            max_retries: r.max_retries,
+            max_backoff_ms: r.max_backoff.as_millis() as u64,
+        }
+    }
 }
 
 impl MachineSpec {
@@ -180,6 +220,29 @@ impl MachineDir {
         let bytes = std::fs::read(&path).map_err(io_error("read", &path))?;
         serde_json::from_slice(&bytes)
             .map_err(|e| MachineError::Spec(format!("{}: {e}", path.display())))
+    }
+
+    /// Gives the machine its own link to `src` (a cache entry, an image's root filesystem),
+    /// named `name` in its directory: pruning a cache then never takes what a machine boots
+    /// from. A hard link, or a copy across filesystems; an older one is replaced atomically.
+    pub fn adopt(&self, src: &Path, name: &str) -> Result<PathBuf, MachineError> {
+        let dest = self.file(name);
+        let tmp = self.file(&format!(".{name}.tmp-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let result = std::fs::hard_link(src, &tmp)
+            .or_else(|e| match e.raw_os_error() {
+                Some(libc::EXDEV) | Some(libc::EPERM) => {
+                    std::fs::copy(src, &tmp)?;
+                    File::open(&tmp)?.sync_all()
+                }
+                _ => Err(e),
+            })
+            .and_then(|()| std::fs::rename(&tmp, &dest));
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_error("link", src)(e));
+        }
+        Ok(dest)
     }
 
     /// Creates the writable disks from the ext4 template if they do not exist yet (a disk

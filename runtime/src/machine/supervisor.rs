@@ -103,8 +103,6 @@ async fn run(dir: &MachineDir, report: &mut dyn FnMut(&str)) -> Result<(), Strin
     let mut disks: Vec<Disk> = spec.rootfs.iter().cloned().collect();
     disks.push(Disk::file(OVERLAY_SERIAL, dir.overlay_disk(), false));
     disks.push(Disk::file(STORAGE_SERIAL, dir.storage_disk(), false));
-    // Pin what the machine boots from, so caches are never pruned under it.
-    let _pins: Vec<File> = spec.pinned.iter().filter_map(|p| pin(p)).collect();
     let vm_spec = VmSpec {
         backend,
         cpus: spec.cpus,
@@ -206,13 +204,6 @@ async fn run_init(vm: &Vm, spec: &MachineSpec) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// A shared lock on `path` for as long as the returned file lives.
-fn pin(path: &std::path::Path) -> Option<File> {
-    let f = File::open(path).ok()?;
-    // SAFETY: flock on our descriptor.
-    (unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH) } == 0).then_some(f)
 }
 
 /// One client: the agent's side of the handshake, then each of its streams relayed.

@@ -1,0 +1,581 @@
+//! `smolvm machine create|start|stop|delete|status|ls|exec|resize`: persistent machines.
+//!
+//! The catalogue (`MachineStore`, SQLite) says which machines exist; each machine's
+//! directory says how to boot it; its supervisor's lock says whether it runs. Commands that
+//! only look (`status`, `ls`) never start or stop anything.
+
+use crate::image::{self, Pull};
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Serialize;
+use smolfile::{Overrides, Purpose, Smolfile};
+use smolvm_runtime::machine::{
+    self, MachineDir, MachineError, MachineRecord, MachineSpec, MachineStore, Status, StoreError,
+};
+use smolvm_runtime::{BackendKind, Disk, GuestAssets, attach};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The machine commands act on when `--name` is not given.
+pub const DEFAULT_NAME: &str = "default";
+/// How long `stop` waits for a clean power-off before killing the VM.
+const STOP_LIMIT: Duration = Duration::from_secs(30);
+
+#[derive(Args)]
+pub struct NameArg {
+    /// The machine [default: default]
+    #[arg(short, long, default_value = DEFAULT_NAME)]
+    pub name: String,
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// The new machine's name (ASCII letters, digits, '-', '_'; at most 64)
+    #[arg(default_value = DEFAULT_NAME)]
+    name: String,
+    /// Boot this OCI image instead of the bare VM
+    #[arg(short = 'I', long, value_name = "REF", conflicts_with = "from")]
+    image: Option<String>,
+    /// Start from a .smolmachine file (or a packed executable): its sections, no pull
+    #[arg(long, value_name = "FILE")]
+    from: Option<PathBuf>,
+    /// Read the machine from a Smolfile (flags override it)
+    #[arg(short = 's', long, value_name = "FILE")]
+    smolfile: Option<PathBuf>,
+    /// vCPUs [default: 4]
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// Memory in MiB [default: 8192]
+    #[arg(long = "mem", value_name = "MiB")]
+    memory: Option<u32>,
+    /// Size of the /workspace disk in GiB [default: 20]
+    #[arg(long, value_name = "GiB")]
+    storage: Option<u32>,
+    /// Size of the writable layer over the root filesystem in GiB [default: 2]
+    #[arg(long, value_name = "GiB")]
+    overlay: Option<u32>,
+    /// Share a host directory: HOST:GUEST[:ro]
+    #[arg(short, long = "volume", value_name = "HOST:GUEST[:ro]")]
+    volume: Vec<String>,
+    /// Default environment of commands (KEY=VALUE, or KEY to copy it from here)
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Default working directory of commands
+    #[arg(short, long, value_name = "DIR")]
+    workdir: Option<String>,
+    /// A shell command run on every start (repeatable, in order; each must succeed)
+    #[arg(long, value_name = "CMD")]
+    init: Vec<String>,
+    /// Image platform (default: this host's)
+    #[arg(long, value_name = "OS/ARCH", value_parser = smolfile::Platform::parse)]
+    platform: Option<smolfile::Platform>,
+    /// When to ask the registry what a tag points to
+    #[arg(long, value_enum, default_value = "missing")]
+    pull: Pull,
+    /// No progress output
+    #[arg(short, long)]
+    quiet: bool,
+    /// VM backend used each time it starts
+    #[arg(long, default_value = "auto", value_parser = ["auto", "krun", "qemu"])]
+    backend: String,
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    name: NameArg,
+    /// Keep stdin open and forward it to the command
+    #[arg(short, long)]
+    interactive: bool,
+    /// Run the command on a terminal (PTY)
+    #[arg(short, long)]
+    tty: bool,
+    /// Print output as it arrives (always the case; kept for scripts written for other tools)
+    #[arg(long)]
+    stream: bool,
+    /// Set an environment variable (KEY=VALUE, or KEY to copy it from here)
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory (created if missing)
+    #[arg(short, long, value_name = "DIR")]
+    workdir: Option<String>,
+    /// Run as this user (name, uid, name:group or uid:gid)
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Kill the command after this long (e.g. 30s, 5m); smolvm then exits with 124
+    #[arg(long, value_name = "DURATION", value_parser = smolfile::parse_duration)]
+    timeout: Option<Duration>,
+    /// The command and its arguments (default: a shell)
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct ResizeArgs {
+    #[command(flatten)]
+    name: NameArg,
+    /// vCPUs (from the next start)
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// Memory in MiB (from the next start)
+    #[arg(long = "mem", value_name = "MiB")]
+    memory: Option<u32>,
+    /// Grow the /workspace disk to this many GiB (machine stopped)
+    #[arg(long, value_name = "GiB")]
+    storage: Option<u32>,
+    /// Grow the writable layer to this many GiB (machine stopped)
+    #[arg(long, value_name = "GiB")]
+    overlay: Option<u32>,
+}
+
+/// Removes a half-created machine (its directory and its row) unless it was completed.
+struct Reservation<'a> {
+    store: &'a MachineStore,
+    name: String,
+    dir: MachineDir,
+    done: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(self.dir.path());
+            let _ = self.store.remove(&self.name);
+        }
+    }
+}
+
+pub fn create(a: CreateArgs) -> anyhow::Result<i32> {
+    machine::validate_name(&a.name)?;
+    let store = MachineStore::open_default()?;
+    // Fail fast on a taken name, before a pull; `reserve` below settles races.
+    if store.get(&a.name).is_ok() {
+        return Err(StoreError::Exists(a.name).into());
+    }
+    let kind: BackendKind = a.backend.parse().map_err(anyhow::Error::msg)?;
+    if let Some(c) = a.cpus {
+        check_resources(c, a.memory.unwrap_or(smolfile::DEFAULT_MEMORY_MIB))?;
+    }
+    if let Some(m) = a.memory {
+        check_resources(a.cpus.unwrap_or(1), m)?;
+    }
+    let smolfile = match &a.smolfile {
+        Some(path) => {
+            Some(Smolfile::load(path).map_err(|d| anyhow::anyhow!("invalid Smolfile:\n{d}"))?)
+        }
+        None => None,
+    };
+    let volumes = a
+        .volume
+        .iter()
+        .map(|v| smolfile::Volume::parse(v, &std::env::current_dir()?).map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let overrides = Overrides {
+        image: a.image,
+        env: attach::env_flags(&a.env, false).map_err(anyhow::Error::msg)?,
+        workdir: a.workdir,
+        cpus: a.cpus,
+        memory: a.memory,
+        storage: a.storage,
+        overlay: a.overlay,
+        init: a.init,
+        volumes,
+        platform: a.platform,
+        ..Default::default()
+    };
+    let rt = crate::runtime()?;
+    let base = smolfile::merge(Purpose::Create, smolfile.as_ref(), &overrides, None);
+    if !base.volumes.is_empty() || !base.ports.is_empty() || base.net {
+        bail!("volumes, ports and networking are not available for machines in this build yet");
+    }
+
+    if let Some(from) = &a.from {
+        let pack = smolvm_stub::locate(from)?;
+        let app = smolvm_stub::App::new(pack, a.name.clone())?;
+        let run = &app.pack().manifest().run;
+        let config = smolfile::ImageConfig {
+            entrypoint: run.entrypoint.clone(),
+            cmd: run.cmd.clone(),
+            env: run.env.clone(),
+            workdir: run.workdir.clone(),
+            user: run.user.clone(),
+        };
+        let eff = smolfile::merge(Purpose::Create, smolfile.as_ref(), &overrides, Some(&config));
+        let source = format!("pack {}", app.pack().path().display());
+        let digest = app.pack().manifest().image.as_ref().map(|i| i.digest.as_str());
+        let dir = store.reserve(&a.name, &source, digest)?;
+        let mut reservation = Reservation {
+            store: &store,
+            name: a.name.clone(),
+            dir,
+            done: false,
+        };
+        let backend = smolvm_runtime::backend::select(kind)?;
+        let res = &app.pack().manifest().resources;
+        let sizes = smolvm_stub::DiskSizes {
+            overlay_gib: a.overlay.or(smolfile.as_ref().and_then(|s| s.overlay)),
+            storage_gib: a.storage.or(smolfile.as_ref().and_then(|s| s.storage)),
+        };
+        let mut spec = app.provision(&reservation.dir, backend.as_ref(), sizes, false)?;
+        spec.backend = a.backend.clone();
+        spec.cpus = a.cpus.or(smolfile.as_ref().and_then(|s| s.cpus)).unwrap_or(res.cpus);
+        spec.memory_mib = a
+            .memory
+            .or(smolfile.as_ref().and_then(|s| s.memory))
+            .unwrap_or(res.memory_mib);
+        apply_effective(&mut spec, &eff);
+        check_resources(spec.cpus, spec.memory_mib)?;
+        reservation.dir.write_spec(&spec)?;
+        store.mark_ready(&a.name)?;
+        reservation.done = true;
+        println!("created machine {} from {}", a.name, from.display());
+        return Ok(0);
+    }
+
+    let assets = GuestAssets::locate()?;
+    let image = match &base.image {
+        Some(reference) => Some(rt.block_on(image::prepare(
+            reference,
+            overrides.platform.clone(),
+            a.pull,
+            a.quiet,
+        ))?),
+        None => None,
+    };
+    let eff = smolfile::merge(
+        Purpose::Create,
+        smolfile.as_ref(),
+        &overrides,
+        image.as_ref().map(|i| i.record.image_config()).as_ref(),
+    );
+    let source = match &image {
+        Some(i) => format!("image {}", i.record.reference),
+        None => "bare".to_string(),
+    };
+    let dir = store.reserve(
+        &a.name,
+        &source,
+        image.as_ref().map(|i| i.record.manifest_digest.as_str()),
+    )?;
+    let reservation = Reservation {
+        store: &store,
+        name: a.name.clone(),
+        dir,
+        done: false,
+    };
+    let dir = &reservation.dir;
+    dir.create()?;
+    let rootfs = match &image {
+        Some(i) => Some(Disk::file(
+            machine::ROOTFS_SERIAL,
+            dir.adopt(&i.rootfs, "rootfs.img")?,
+            true,
+        )),
+        None => None,
+    };
+    dir.create_disks(&assets.ext4_template, eff.overlay, eff.storage)?;
+    let mut spec = MachineSpec {
+        name: a.name.clone(),
+        backend: a.backend.clone(),
+        cpus: eff.cpus,
+        memory_mib: eff.memory,
+        kernel: assets.kernel.clone(),
+        initramfs: assets.initramfs.clone(),
+        rootfs,
+        hostname: a.name.clone(),
+        init: vec![],
+        env: vec![],
+        workdir: None,
+        user: None,
+        health: None,
+        restart: Default::default(),
+    };
+    apply_effective(&mut spec, &eff);
+    dir.write_spec(&spec)?;
+    store.mark_ready(&a.name)?;
+    let mut reservation = reservation;
+    reservation.done = true;
+    println!("created machine {} ({source})", a.name);
+    Ok(0)
+}
+
+/// The bounds a Smolfile's `cpus` and `memory` obey, for flags too.
+fn check_resources(cpus: u32, memory_mib: u32) -> anyhow::Result<()> {
+    if !(1..=smolfile::MAX_CPUS).contains(&cpus) {
+        bail!("--cpus {cpus}: expected 1 to {}", smolfile::MAX_CPUS);
+    }
+    if !(smolfile::MIN_MEMORY_MIB..=smolfile::MAX_MEMORY_MIB).contains(&memory_mib) {
+        bail!(
+            "--mem {memory_mib}: expected {} to {} MiB",
+            smolfile::MIN_MEMORY_MIB,
+            smolfile::MAX_MEMORY_MIB
+        );
+    }
+    Ok(())
+}
+
+/// The settings a Smolfile and flags decide for a machine's commands.
+fn apply_effective(spec: &mut MachineSpec, eff: &smolfile::Effective) {
+    spec.init = eff.init.clone();
+    spec.env = eff.env.clone();
+    spec.workdir = eff.workdir.clone();
+    spec.user = eff.user.clone();
+    spec.health = eff.health.as_ref().map(machine::health_check).or(spec.health.take());
+    spec.restart = (&eff.restart).into();
+}
+
+/// A machine that exists and was completely created.
+fn open(name: &str) -> anyhow::Result<(MachineStore, MachineRecord, MachineDir)> {
+    let store = MachineStore::open_default()?;
+    let record = store.get(name)?;
+    if !record.ready {
+        bail!(
+            "machine {name} was not completely created (its `create` was interrupted or is still running); remove it with `smolvm machine delete {name}` and create it again"
+        );
+    }
+    let dir = store.dir(name);
+    Ok((store, record, dir))
+}
+
+pub fn start(name: &str) -> anyhow::Result<i32> {
+    let (store, _, dir) = open(name)?;
+    let exe = std::env::current_exe().context("finding this program to run the supervisor")?;
+    match dir.start(&exe) {
+        Ok(()) => {}
+        Err(MachineError::AlreadyRunning) => bail!("machine {name} is already running"),
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("starting machine {name}"))),
+    }
+    store.record_started(name)?;
+    println!("machine {name} is running");
+    Ok(0)
+}
+
+pub fn stop(name: &str) -> anyhow::Result<i32> {
+    let (store, _, dir) = open(name)?;
+    let rt = crate::runtime()?;
+    if rt.block_on(dir.stop(STOP_LIMIT))? {
+        store.record_stopped(name)?;
+        println!("machine {name} stopped");
+    } else {
+        println!("machine {name} is not running");
+    }
+    Ok(0)
+}
+
+pub fn delete(name: &str, force: bool) -> anyhow::Result<i32> {
+    let store = MachineStore::open_default()?;
+    store.get(name)?;
+    let dir = store.dir(name);
+    if let Status::Running { .. } = dir.status() {
+        if !force {
+            bail!("machine {name} is running; stop it first (`smolvm machine stop --name {name}`) or delete with -f");
+        }
+        crate::runtime()?.block_on(dir.stop(STOP_LIMIT))?;
+    }
+    if let Ok(socket) = dir.socket() {
+        let _ = std::fs::remove_file(socket);
+    }
+    match std::fs::remove_dir_all(dir.path()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", dir.path().display())),
+    }
+    store.remove(name)?;
+    println!("deleted machine {name}");
+    Ok(0)
+}
+
+/// What `status --json` and `ls --json` print for one machine.
+#[derive(Serialize)]
+struct MachineView {
+    #[serde(flatten)]
+    record: MachineRecord,
+    #[serde(flatten)]
+    status: Status,
+    cpus: Option<u32>,
+    memory_mib: Option<u32>,
+    /// Bytes the machine's files occupy on the host (disks are sparse).
+    disk_usage: u64,
+    dir: PathBuf,
+}
+
+fn view(store: &MachineStore, record: MachineRecord) -> MachineView {
+    let dir = store.dir(&record.name);
+    let spec = dir.read_spec().ok();
+    let disk_usage = std::fs::read_dir(dir.path())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.blocks() * 512)
+        .sum();
+    MachineView {
+        status: if record.ready {
+            dir.status()
+        } else {
+            Status::Stopped
+        },
+        cpus: spec.as_ref().map(|s| s.cpus),
+        memory_mib: spec.as_ref().map(|s| s.memory_mib),
+        disk_usage,
+        dir: dir.path().to_path_buf(),
+        record,
+    }
+}
+
+fn state(v: &MachineView) -> &'static str {
+    match (v.record.ready, v.status) {
+        (false, _) => "incomplete",
+        (true, Status::Running { .. }) => "running",
+        (true, Status::Stopped) => "stopped",
+    }
+}
+
+pub fn status(name: &str, json: bool) -> anyhow::Result<i32> {
+    let store = MachineStore::open_default()?;
+    let v = view(&store, store.get(name)?);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    println!("name:      {}", v.record.name);
+    match v.status {
+        Status::Running { pid } => println!("state:     running (supervisor pid {pid})"),
+        Status::Stopped => println!("state:     {}", state(&v)),
+    }
+    println!("source:    {}", v.record.source);
+    if let (Some(c), Some(m)) = (v.cpus, v.memory_mib) {
+        println!("resources: {c} vCPU, {m} MiB");
+    }
+    println!("disk:      {} used", crate::machine::human_bytes(v.disk_usage));
+    println!("directory: {}", v.dir.display());
+    Ok(0)
+}
+
+pub fn list(json: bool) -> anyhow::Result<i32> {
+    let store = MachineStore::open_default()?;
+    let views: Vec<MachineView> = store
+        .list()?
+        .into_iter()
+        .map(|r| view(&store, r))
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<24} {:<11} {:>5} {:>9} {:>10}  SOURCE",
+        "NAME", "STATE", "CPUS", "MEMORY", "DISK"
+    );
+    for v in &views {
+        println!(
+            "{:<24} {:<11} {:>5} {:>9} {:>10}  {}",
+            v.record.name,
+            state(v),
+            v.cpus.map(|c| c.to_string()).unwrap_or_default(),
+            v.memory_mib.map(|m| format!("{m} MiB")).unwrap_or_default(),
+            crate::machine::human_bytes(v.disk_usage),
+            v.record.source
+        );
+    }
+    Ok(0)
+}
+
+pub fn exec(a: ExecArgs) -> anyhow::Result<i32> {
+    attach::check_tty_flags(a.interactive, a.tty).map_err(anyhow::Error::msg)?;
+    let name = &a.name.name;
+    let (_, _, dir) = open(name)?;
+    let spec = dir.read_spec()?;
+    let mut env = spec.env.clone();
+    for kv in attach::env_flags(&a.env, a.tty).map_err(anyhow::Error::msg)? {
+        let key = kv.split('=').next().unwrap_or_default().to_string();
+        env.retain(|e| e.split('=').next() != Some(key.as_str()));
+        env.push(kv);
+    }
+    let argv = if a.command.is_empty() {
+        vec!["/bin/sh".to_string()]
+    } else {
+        a.command
+    };
+    let exec = smolvm_protocol::Exec {
+        argv,
+        env,
+        workdir: a.workdir.or(spec.workdir),
+        user: a.user.or(spec.user),
+        tty: attach::tty_size(a.tty),
+        stdin: a.interactive,
+        timeout_ms: a.timeout.map(|d| d.as_millis() as u64),
+    };
+    let rt = crate::runtime()?;
+    let outcome = rt.block_on(async {
+        let client = match dir.connect().await {
+            Ok(c) => c,
+            Err(MachineError::NotRunning) => bail!(
+                "machine {name} is not running; start it with `smolvm machine start --name {name}`"
+            ),
+            Err(e) => return Err(e.into()),
+        };
+        let stream = client.exec(exec)?;
+        Ok(attach::attach(stream, a.interactive, a.tty).await)
+    })?;
+    rt.shutdown_background();
+    attach::report(&outcome, a.timeout);
+    Ok(outcome.exit_code())
+}
+
+pub fn resize(a: ResizeArgs) -> anyhow::Result<i32> {
+    let name = &a.name.name;
+    let (_, _, dir) = open(name)?;
+    if a.cpus.is_none() && a.memory.is_none() && a.storage.is_none() && a.overlay.is_none() {
+        bail!("nothing to resize: give --cpus, --mem, --storage or --overlay");
+    }
+    let running = matches!(dir.status(), Status::Running { .. });
+    let mut spec = dir.read_spec()?;
+    spec.cpus = a.cpus.unwrap_or(spec.cpus);
+    spec.memory_mib = a.memory.unwrap_or(spec.memory_mib);
+    check_resources(spec.cpus, spec.memory_mib)?;
+    let disks = [
+        ("--storage", dir.storage_disk(), a.storage),
+        ("--overlay", dir.overlay_disk(), a.overlay),
+    ];
+    if running && disks.iter().any(|(_, _, g)| g.is_some()) {
+        bail!("machine {name} is running; stop it before growing its disks");
+    }
+    // Check every disk before changing any.
+    for (flag, disk, gib) in &disks {
+        if let Some(gib) = gib {
+            let current = std::fs::metadata(disk)
+                .with_context(|| format!("reading {}", disk.display()))?
+                .len();
+            if (u64::from(*gib) << 30) < current {
+                bail!(
+                    "{flag} {gib} would shrink the disk (now {} GiB); disks only grow",
+                    current.div_ceil(1 << 30)
+                );
+            }
+        }
+    }
+    for (_, disk, gib) in &disks {
+        if let Some(gib) = gib {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(disk)
+                .with_context(|| format!("opening {}", disk.display()))?;
+            f.set_len(u64::from(*gib) << 30)?;
+            f.sync_all()?;
+        }
+    }
+    dir.write_spec(&spec)?;
+    println!(
+        "machine {name}: {} vCPU, {} MiB{}",
+        spec.cpus,
+        spec.memory_mib,
+        if running && (a.cpus.is_some() || a.memory.is_some()) {
+            " (from its next start)"
+        } else {
+            ""
+        }
+    );
+    Ok(0)
+}
