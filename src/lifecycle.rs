@@ -201,9 +201,19 @@ pub fn create(a: CreateArgs) -> anyhow::Result<i32> {
             workdir: run.workdir.clone(),
             user: run.user.clone(),
         };
-        let eff = smolfile::merge(Purpose::Create, smolfile.as_ref(), &overrides, Some(&config));
+        let eff = smolfile::merge(
+            Purpose::Create,
+            smolfile.as_ref(),
+            &overrides,
+            Some(&config),
+        );
         let source = format!("pack {}", app.pack().path().display());
-        let digest = app.pack().manifest().image.as_ref().map(|i| i.digest.as_str());
+        let digest = app
+            .pack()
+            .manifest()
+            .image
+            .as_ref()
+            .map(|i| i.digest.as_str());
         let dir = store.reserve(&a.name, &source, digest)?;
         let mut reservation = Reservation {
             store: &store,
@@ -219,7 +229,10 @@ pub fn create(a: CreateArgs) -> anyhow::Result<i32> {
         };
         let mut spec = app.provision(&reservation.dir, backend.as_ref(), sizes, false)?;
         spec.backend = a.backend.clone();
-        spec.cpus = a.cpus.or(smolfile.as_ref().and_then(|s| s.cpus)).unwrap_or(res.cpus);
+        spec.cpus = a
+            .cpus
+            .or(smolfile.as_ref().and_then(|s| s.cpus))
+            .unwrap_or(res.cpus);
         spec.memory_mib = a
             .memory
             .or(smolfile.as_ref().and_then(|s| s.memory))
@@ -321,7 +334,11 @@ fn apply_effective(spec: &mut MachineSpec, eff: &smolfile::Effective) {
     spec.env = eff.env.clone();
     spec.workdir = eff.workdir.clone();
     spec.user = eff.user.clone();
-    spec.health = eff.health.as_ref().map(machine::health_check).or(spec.health.take());
+    spec.health = eff
+        .health
+        .as_ref()
+        .map(machine::health_check)
+        .or(spec.health.take());
     spec.restart = (&eff.restart).into();
 }
 
@@ -369,7 +386,9 @@ pub fn delete(name: &str, force: bool) -> anyhow::Result<i32> {
     let dir = store.dir(name);
     if let Status::Running { .. } = dir.status() {
         if !force {
-            bail!("machine {name} is running; stop it first (`smolvm machine stop --name {name}`) or delete with -f");
+            bail!(
+                "machine {name} is running; stop it first (`smolvm machine stop --name {name}`) or delete with -f"
+            );
         }
         crate::runtime()?.block_on(dir.stop(STOP_LIMIT))?;
     }
@@ -448,18 +467,17 @@ pub fn status(name: &str, json: bool) -> anyhow::Result<i32> {
     if let (Some(c), Some(m)) = (v.cpus, v.memory_mib) {
         println!("resources: {c} vCPU, {m} MiB");
     }
-    println!("disk:      {} used", crate::machine::human_bytes(v.disk_usage));
+    println!(
+        "disk:      {} used",
+        crate::machine::human_bytes(v.disk_usage)
+    );
     println!("directory: {}", v.dir.display());
     Ok(0)
 }
 
 pub fn list(json: bool) -> anyhow::Result<i32> {
     let store = MachineStore::open_default()?;
-    let views: Vec<MachineView> = store
-        .list()?
-        .into_iter()
-        .map(|r| view(&store, r))
-        .collect();
+    let views: Vec<MachineView> = store.list()?.into_iter().map(|r| view(&store, r)).collect();
     if json {
         println!("{}", serde_json::to_string_pretty(&views)?);
         return Ok(0);

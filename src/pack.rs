@@ -5,8 +5,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use smolfile::{Overrides, Purpose, Smolfile};
 use smolvm_pack::format::{
-    self, Compression, ImageInfo, Manifest, Network, Resources, RunConfig,
-    SectionInput, SectionKind, SectionSource, write_pack,
+    self, Compression, ImageInfo, Manifest, Network, Resources, RunConfig, SectionInput,
+    SectionKind, SectionSource, write_pack,
 };
 use smolvm_pack::sections::SectionCache;
 use smolvm_pack::stub;
@@ -271,7 +271,10 @@ fn create(a: CreateArgs) -> anyhow::Result<i32> {
             allow_cidrs: eff.allow_cidrs.iter().map(|c| c.to_string()).collect(),
             ports: eff.ports.iter().map(|p| p.to_string()).collect(),
         },
-        health: eff.health.as_ref().map(smolvm_runtime::machine::health_check),
+        health: eff
+            .health
+            .as_ref()
+            .map(smolvm_runtime::machine::health_check),
         ..Default::default()
     };
     let file = |kind, path: &Path, compression| SectionInput {

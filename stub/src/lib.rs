@@ -344,8 +344,8 @@ impl App {
                 .map_err(|e| AppError::Invalid(format!("creating {}: {e}", disk.display())))?;
             }
         }
-        let [Some(kernel), Some(initramfs), rootfs] = <[Option<PathBuf>; 3]>::try_from(owned)
-            .expect("three sections")
+        let [Some(kernel), Some(initramfs), rootfs] =
+            <[Option<PathBuf>; 3]>::try_from(owned).expect("three sections")
         else {
             return Err(AppError::Invalid(
                 "the pack has no kernel or no initramfs section".into(),

@@ -108,8 +108,29 @@ impl Home {
     pub fn smolvm(&self) -> Command {
         let mut c = smolvm(&self.dir.path().join("run"));
         c.env("XDG_CONFIG_HOME", self.dir.path().join("config"))
-            .env("XDG_CACHE_HOME", self.dir.path().join("cache"));
+            .env("XDG_CACHE_HOME", self.dir.path().join("cache"))
+            .env("XDG_DATA_HOME", self.dir.path().join("data"))
+            .env_remove("SMOLVM_DATA_DIR");
         c
+    }
+
+    /// Runs `smolvm args...` and returns its output.
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        self.smolvm().args(args).output().unwrap()
+    }
+
+    /// Runs `smolvm args...`, which must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "smolvm {} failed:\n{}{}",
+            args.join(" "),
+            stdout(&out),
+            stderr(&out)
+        );
+        stdout(&out)
     }
 
     /// `machine run` with small resources and `args`.

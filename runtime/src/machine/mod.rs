@@ -24,8 +24,8 @@ pub use supervisor::supervise_entry;
 
 use crate::agent::{AgentClient, AgentError};
 use crate::backend::{BackendKind, Boot, Disk};
-pub use smolvm_pack_format::HealthCheck;
 use serde::{Deserialize, Serialize};
+pub use smolvm_pack_format::HealthCheck;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -63,7 +63,9 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
     };
     match name.chars().next() {
         None => return bad("it is empty"),
-        Some(c) if !c.is_ascii_alphanumeric() => return bad("it must start with a letter or digit"),
+        Some(c) if !c.is_ascii_alphanumeric() => {
+            return bad("it must start with a letter or digit");
+        }
         _ => {}
     }
     if name.len() > MAX_NAME {
@@ -81,7 +83,11 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
 /// smolvm's data directory: `$SMOLVM_DATA_DIR`, else `$XDG_DATA_HOME/smolvm`, else
 /// `~/.local/share/smolvm`.
 pub fn data_dir() -> Result<PathBuf, StoreError> {
-    let env = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     env("SMOLVM_DATA_DIR")
         .or_else(|| env("XDG_DATA_HOME").map(|d| d.join("smolvm")))
         .or_else(|| env("HOME").map(|h| h.join(".local/share/smolvm")))
@@ -234,7 +240,11 @@ impl MachineStore {
     }
 
     fn update(&self, name: &str, sql: &str) -> Result<(), StoreError> {
-        match self.conn.execute(sql, params![name]).map_err(self.db_err())? {
+        match self
+            .conn
+            .execute(sql, params![name])
+            .map_err(self.db_err())?
+        {
             0 => Err(StoreError::NotFound(name.to_string())),
             _ => Ok(()),
         }
@@ -320,7 +330,9 @@ mod tests {
     fn a_name_is_claimed_once_and_records_round_trip() {
         let tmp = tempfile::tempdir().unwrap();
         let store = MachineStore::open(tmp.path()).unwrap();
-        let dir = store.reserve("web", "image alpine:3.20", Some("sha256:ab")).unwrap();
+        let dir = store
+            .reserve("web", "image alpine:3.20", Some("sha256:ab"))
+            .unwrap();
         assert_eq!(dir.path(), tmp.path().join("machines/web"));
         let again = MachineStore::open(tmp.path()).unwrap();
         let e = again.reserve("web", "bare", None).unwrap_err();
@@ -375,6 +387,9 @@ mod tests {
         conn.pragma_update(None, "user_version", 7).unwrap();
         drop(conn);
         let e = MachineStore::open(tmp.path()).err().unwrap().to_string();
-        assert!(e.contains("schema 7") && e.contains("upgrade smolvm"), "{e}");
+        assert!(
+            e.contains("schema 7") && e.contains("upgrade smolvm"),
+            "{e}"
+        );
     }
 }

@@ -1,0 +1,367 @@
+//! Persistent machines end to end: the real `smolvm` binary creates, starts, execs in,
+//! stops, kills and deletes machines that boot real microVMs.
+
+mod common;
+use common::*;
+use smolvm_registry::testutil::{self, Format, Security, TestRegistry};
+use std::path::PathBuf;
+use std::process::Output;
+
+const SMALL: [&str; 4] = ["--cpus", "1", "--mem", "512"];
+
+fn code(o: &Output) -> Option<i32> {
+    o.status.code()
+}
+
+fn machine_dir(home: &Home, name: &str) -> PathBuf {
+    home.dir.path().join("data/smolvm/machines").join(name)
+}
+
+fn supervisor_pid(home: &Home, name: &str) -> u32 {
+    let json: serde_json::Value =
+        serde_json::from_str(&home.ok(&["machine", "status", "-n", name, "--json"])).unwrap();
+    assert_eq!(json["state"], "running", "{json}");
+    json["pid"].as_u64().unwrap() as u32
+}
+
+#[test]
+fn a_bare_machine_keeps_its_files_across_execs_restarts_and_a_killed_supervisor() {
+    let home = Home::new();
+    let mut create = vec!["machine", "create", "box"];
+    create.extend(SMALL);
+    create.extend([
+        "-e",
+        "FROM_CREATE=yes",
+        "--init",
+        "echo booted >> /var/boots",
+    ]);
+    assert!(home.ok(&create).contains("created machine box"));
+    let ls = home.ok(&["machine", "ls"]);
+    assert!(ls.contains("box") && ls.contains("stopped"), "{ls}");
+    // Observational commands never start anything.
+    let exec_stopped = home.cmd(&["machine", "exec", "-n", "box", "--", "true"]);
+    assert_ne!(code(&exec_stopped), Some(0));
+    assert!(
+        stderr(&exec_stopped).contains("smolvm machine start --name box"),
+        "{}",
+        stderr(&exec_stopped)
+    );
+
+    home.ok(&["machine", "start", "--name", "box"]);
+    let again = home.cmd(&["machine", "start", "--name", "box"]);
+    assert!(
+        stderr(&again).contains("already running"),
+        "{}",
+        stderr(&again)
+    );
+    // A package-install-like change (a program under /usr), a config edit under /etc, and
+    // a file in /workspace; the machine's environment reaches commands.
+    home.ok(&[
+        "machine",
+        "exec",
+        "-n",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /usr/local/bin && printf '#!/bin/sh\\necho tool-$1\\n' > /usr/local/bin/tool \
+         && chmod 755 /usr/local/bin/tool && echo edited > /etc/motd && echo kept > /workspace/data",
+    ]);
+    let env = home.ok(&[
+        "machine",
+        "exec",
+        "-n",
+        "box",
+        "-e",
+        "X=1",
+        "--",
+        "sh",
+        "-c",
+        "echo $FROM_CREATE$X",
+    ]);
+    assert_eq!(env.trim(), "yes1");
+    let failed = home.cmd(&["machine", "exec", "-n", "box", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(code(&failed), Some(7));
+
+    // Many concurrent execs on one machine.
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            home.smolvm()
+                .args(["machine", "exec", "-n", "box", "--", "sh", "-c"])
+                .arg(format!(
+                    "echo exec-{i} > /workspace/c{i}; cat /workspace/c{i}"
+                ))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(stdout(&out).trim(), format!("exec-{i}"), "{}", stderr(&out));
+    }
+
+    // Stop, grow the disk, start: everything is still there, on a bigger /workspace.
+    assert!(
+        home.ok(&["machine", "stop", "-n", "box"])
+            .contains("stopped")
+    );
+    let shrink = home.cmd(&["machine", "resize", "-n", "box", "--storage", "1"]);
+    assert!(
+        stderr(&shrink).contains("disks only grow"),
+        "{}",
+        stderr(&shrink)
+    );
+    home.ok(&["machine", "resize", "-n", "box", "--storage", "30"]);
+    home.ok(&["machine", "start", "-n", "box"]);
+    let seen = home.ok(&[
+        "machine",
+        "exec",
+        "-n",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "tool x; cat /etc/motd /workspace/data /workspace/c3; wc -l < /var/boots; \
+         df -k /workspace | tail -1 | awk '{print $2}'",
+    ]);
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(
+        lines[..5],
+        ["tool-x", "edited", "kept", "exec-3", "2"],
+        "{seen}"
+    );
+    let kib: u64 = lines[5].trim().parse().unwrap();
+    assert!(kib > 25 << 20, "/workspace was not grown: {kib} KiB");
+
+    // kill -9 of the supervisor: the VM dies with it, the machine shows as stopped, and it
+    // starts again with its data (the overlay's journal replays).
+    let pid = supervisor_pid(&home, "box");
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert!(wait_for(20, || {
+        home.ok(&["machine", "status", "-n", "box"])
+            .contains("state:     stopped")
+    }));
+    home.ok(&["machine", "start", "-n", "box"]);
+    let after = home.ok(&[
+        "machine",
+        "exec",
+        "-n",
+        "box",
+        "--",
+        "cat",
+        "/workspace/data",
+    ]);
+    assert_eq!(after.trim(), "kept");
+
+    // delete refuses a running machine without -f; with it, every file it owned is gone.
+    let refused = home.cmd(&["machine", "delete", "box"]);
+    assert!(stderr(&refused).contains("-f"), "{}", stderr(&refused));
+    let pid = supervisor_pid(&home, "box");
+    home.ok(&["machine", "delete", "box", "-f"]);
+    assert!(!machine_dir(&home, "box").exists());
+    assert!(wait_for(10, || !alive(pid)));
+    let sockets: Vec<_> = std::fs::read_dir(home.dir.path().join("run"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("smolvm"))
+        .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten().flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("machine-"))
+        .collect();
+    assert!(sockets.is_empty(), "{sockets:?}");
+    assert_eq!(home.ok(&["machine", "ls", "--json"]).trim(), "[]");
+}
+
+#[test]
+fn image_and_pack_machines_persist_changes_over_their_read_only_root() {
+    let home = Home::new();
+    let reg = TestRegistry::start(Security::Plain).expect("docker-registry starts");
+    std::fs::create_dir_all(home.config_file().parent().unwrap()).unwrap();
+    reg.write_config(&home.config_file());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(testutil::push_image(
+        &reg,
+        "fixtures/busybox:1",
+        &testutil::busybox().unwrap(),
+        Format::Oci,
+    ))
+    .unwrap();
+    let image = format!("{}/fixtures/busybox:1", reg.host());
+
+    let mut create = vec!["machine", "create", "img", "-q", "-I", &image];
+    create.extend(SMALL);
+    home.ok(&create);
+    // The machine owns its root filesystem: pruning the image cache does not break it.
+    home.ok(&["machine", "prune"]);
+    home.ok(&["machine", "start", "-n", "img"]);
+    // The image's user cannot write /usr; root can, and removes a file of the image.
+    let denied = home.cmd(&["machine", "exec", "-n", "img", "--", "touch", "/usr/x"]);
+    assert_ne!(code(&denied), Some(0));
+    home.ok(&[
+        "machine",
+        "exec",
+        "-n",
+        "img",
+        "-u",
+        "root",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING-from-root > /usr/greeting && rm /etc/group",
+    ]);
+    home.ok(&["machine", "stop", "-n", "img"]);
+    home.ok(&["machine", "start", "-n", "img"]);
+    let seen = home.cmd(&[
+        "machine",
+        "exec",
+        "-n",
+        "img",
+        "--",
+        "sh",
+        "-c",
+        "cat /usr/greeting; test -e /etc/group && echo still-there; id -u; exit 3",
+    ]);
+    assert_eq!(code(&seen), Some(3));
+    assert_eq!(
+        stdout(&seen),
+        "hello-from-root\n1000\n",
+        "{}",
+        stderr(&seen)
+    );
+    home.ok(&["machine", "delete", "-f", "img"]);
+
+    // A machine from a .smolmachine uses the pack's sections (no registry needed).
+    let apps = home.dir.path().join("apps");
+    std::fs::create_dir_all(&apps).unwrap();
+    let exe = apps.join("bb");
+    home.ok(&[
+        "pack",
+        "create",
+        "-q",
+        "-I",
+        &image,
+        "-o",
+        exe.to_str().unwrap(),
+    ]);
+    drop(reg);
+    let sidecar = apps.join("bb.smolmachine");
+    let mut from = vec![
+        "machine",
+        "create",
+        "packed",
+        "--from",
+        sidecar.to_str().unwrap(),
+    ];
+    from.extend(SMALL);
+    home.ok(&from);
+    let status: serde_json::Value =
+        serde_json::from_str(&home.ok(&["machine", "status", "-n", "packed", "--json"])).unwrap();
+    assert_eq!(status["cpus"], 1);
+    assert!(
+        status["source"].as_str().unwrap().starts_with("pack "),
+        "{status}"
+    );
+    home.ok(&["machine", "start", "-n", "packed"]);
+    let out = home.ok(&[
+        "machine",
+        "exec",
+        "-n",
+        "packed",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING; hostname",
+    ]);
+    assert_eq!(out, "hello\npacked\n");
+    home.ok(&["machine", "delete", "-f", "packed"]);
+}
+
+#[test]
+fn sixteen_concurrent_lifecycle_commands_on_different_machines_all_succeed() {
+    let home = Home::new();
+    let names: Vec<String> = (0..16).map(|i| format!("m{i:02}")).collect();
+    let parallel = |args: &dyn Fn(&str) -> Vec<String>| {
+        let children: Vec<_> = names
+            .iter()
+            .map(|n| home.smolvm().args(args(n)).spawn().unwrap())
+            .collect();
+        for (n, c) in names.iter().zip(children) {
+            let out = c.wait_with_output().unwrap();
+            assert_eq!(code(&out), Some(0), "{n}: {}", stderr(&out));
+        }
+    };
+    let size = |n: &str| {
+        let mut v: Vec<String> = ["machine", "create", n].map(String::from).to_vec();
+        v.extend(["--cpus", "1", "--mem", "256"].map(String::from));
+        v
+    };
+    parallel(&size);
+    assert_eq!(home.ok(&["machine", "ls"]).matches("stopped").count(), 16);
+    // Four at a time boot (TCG on two cores); every one runs a command and stops.
+    for chunk in names.chunks(4) {
+        let starts: Vec<_> = chunk
+            .iter()
+            .map(|n| {
+                home.smolvm()
+                    .args(["machine", "start", "-n", n])
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for s in starts {
+            assert!(s.wait_with_output().unwrap().status.success());
+        }
+        for n in chunk {
+            assert_eq!(
+                home.ok(&["machine", "exec", "-n", n, "--", "hostname"])
+                    .trim(),
+                n
+            );
+        }
+    }
+    parallel(&|n: &str| vec!["machine".into(), "delete".into(), "-f".into(), n.into()]);
+    assert_eq!(home.ok(&["machine", "ls", "--json"]).trim(), "[]");
+    let left: Vec<_> = std::fs::read_dir(home.dir.path().join("data/smolvm/machines"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn bad_names_unknown_machines_and_bad_sizes_are_refused_with_the_rule() {
+    let home = Home::new();
+    let bad = home.cmd(&["machine", "create", "../etc"]);
+    assert_eq!(code(&bad), Some(125));
+    assert!(
+        stderr(&bad).contains("ASCII letters, digits, '-' and '_'"),
+        "{}",
+        stderr(&bad)
+    );
+    let long = "x".repeat(65);
+    assert!(stderr(&home.cmd(&["machine", "create", &long])).contains("too long"));
+    let unknown = home.cmd(&["machine", "start", "-n", "ghost"]);
+    assert!(
+        stderr(&unknown).contains("no machine named \"ghost\""),
+        "{}",
+        stderr(&unknown)
+    );
+    let cpus = home.cmd(&["machine", "create", "c", "--cpus", "0"]);
+    assert!(stderr(&cpus).contains("--cpus 0"), "{}", stderr(&cpus));
+    home.ok(&["machine", "create", "one"]);
+    let dup = home.cmd(&["machine", "create", "one"]);
+    assert!(stderr(&dup).contains("already exists"), "{}", stderr(&dup));
+    let nothing = home.cmd(&["machine", "resize", "-n", "one"]);
+    assert!(stderr(&nothing).contains("nothing to resize"));
+    // The default name.
+    home.ok(&["machine", "create"]);
+    assert!(
+        home.ok(&["machine", "status"])
+            .contains("name:      default")
+    );
+    assert!(home.ok(&["machine", "stop"]).contains("not running"));
+}
