@@ -597,3 +597,36 @@ pub fn resize(a: ResizeArgs) -> anyhow::Result<i32> {
     );
     Ok(0)
 }
+
+pub fn monitor(name: &str) -> anyhow::Result<i32> {
+    use smolvm_runtime::machine::monitor::{MonitorEnd, Transition, monitor};
+    let (store, _, _) = open(name)?;
+    let exe = std::env::current_exe().context("finding this program to run the supervisor")?;
+    let rt = crate::runtime()?;
+    let mut log = |t: Transition| {
+        let what = match t {
+            Transition::Started => "started".to_string(),
+            Transition::Healthy => "healthy".to_string(),
+            Transition::CheckFailed(n, why) => format!("health check failed ({n} in a row): {why}"),
+            Transition::Unhealthy(why) => format!("unhealthy: {why}"),
+            Transition::Died => "the VM stopped unexpectedly".to_string(),
+            Transition::Restarting(wait) => format!("restarting in {} s", wait.as_secs()),
+            Transition::StoppedByUser => "stopped (by `machine stop`); leaving it stopped".into(),
+            Transition::GaveUp(n) => format!("giving up after {n} restarts in a row"),
+        };
+        println!(
+            "{} machine {name}: {what}",
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        );
+    };
+    let end = rt.block_on(async {
+        tokio::select! {
+            end = monitor(&store, name, &exe, &mut log) => end.map(Some),
+            _ = tokio::signal::ctrl_c() => Ok(None),
+        }
+    })?;
+    Ok(match end {
+        None | Some(MonitorEnd::PolicyStop) => 0,
+        Some(MonitorEnd::GaveUp) => 1,
+    })
+}

@@ -61,6 +61,8 @@ pub enum MachineCommand {
     Exec(Box<lifecycle::ExecArgs>),
     /// Change a machine's vCPUs or memory, or grow its disks
     Resize(lifecycle::ResizeArgs),
+    /// Watch a machine's health check and apply its restart policy (foreground)
+    Monitor(lifecycle::NameArg),
 }
 
 #[derive(Args)]
@@ -122,6 +124,7 @@ pub fn dispatch(cmd: MachineCommand) -> anyhow::Result<i32> {
         MachineCommand::Ls { json } => lifecycle::list(json),
         MachineCommand::Exec(a) => lifecycle::exec(*a),
         MachineCommand::Resize(a) => lifecycle::resize(a),
+        MachineCommand::Monitor(n) => lifecycle::monitor(&n.name),
     }
 }
 

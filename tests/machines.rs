@@ -365,3 +365,88 @@ fn bad_names_unknown_machines_and_bad_sizes_are_refused_with_the_rule() {
     );
     assert!(home.ok(&["machine", "stop"]).contains("not running"));
 }
+
+#[test]
+fn monitor_restarts_a_machine_whose_health_check_fails() {
+    use std::io::{BufRead, BufReader};
+    let home = Home::new();
+    let smolfile = home.dir.path().join("Smolfile");
+    std::fs::write(
+        &smolfile,
+        r#"cpus = 1
+memory = 512
+
+[dev]
+init = ["echo boot >> /workspace/boots"]
+
+[health]
+exec = ["sh", "-c", "! test -e /run/broken"]
+interval = "1s"
+timeout = "10s"
+retries = 2
+
+[restart]
+policy = "on-failure"
+max_backoff = "1s"
+"#,
+    )
+    .unwrap();
+    home.ok(&["machine", "create", "svc", "-s", smolfile.to_str().unwrap()]);
+    // The monitor starts the machine itself (it was never stopped by the user).
+    let mut child = home
+        .smolvm()
+        .args(["machine", "monitor", "-n", "svc"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let mut expect = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        while let Ok(line) =
+            rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
+            seen.push(line.clone());
+            if line.contains(what) {
+                return;
+            }
+        }
+        panic!(
+            "the monitor never said {what:?}; it said:\n{}",
+            seen.join("\n")
+        );
+    };
+    expect("machine svc: started");
+    expect("machine svc: healthy");
+    home.ok(&["machine", "exec", "-n", "svc", "--", "touch", "/run/broken"]);
+    expect("health check failed (1 in a row): the check exited with 1");
+    expect("unhealthy");
+    expect("restarting");
+    expect("machine svc: started");
+    expect("machine svc: healthy");
+    let boots = home.ok(&[
+        "machine",
+        "exec",
+        "-n",
+        "svc",
+        "--",
+        "cat",
+        "/workspace/boots",
+    ]);
+    assert_eq!(boots, "boot\nboot\n");
+    // A stop the user asks for is respected: the monitor reports it and ends.
+    home.ok(&["machine", "stop", "-n", "svc"]);
+    expect("stopped (by `machine stop`)");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        home.ok(&["machine", "status", "-n", "svc"])
+            .contains("stopped")
+    );
+}

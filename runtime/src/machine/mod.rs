@@ -15,6 +15,7 @@
 //! The lock makes "running" a fact the kernel keeps: a supervisor that was killed holds
 //! nothing, so there are no stale locks or pid files to second-guess.
 
+pub mod monitor;
 pub mod proxy;
 pub mod store;
 mod supervisor;
