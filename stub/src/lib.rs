@@ -136,11 +136,19 @@ impl App {
             )
         });
         let (kernel, initramfs, rootfs) = (kernel?, initramfs?, rootfs?);
-        trace::mark(if kernel.extracted || initramfs.extracted {
+        let extracted = kernel.extracted
+            || initramfs.extracted
+            || matches!(&rootfs, Some((_, Some(c))) if c.extracted);
+        trace::mark(if extracted {
             "sections extracted"
         } else {
             "sections cached"
         });
+        // The cache only grows when something was extracted: then keep it under its cap,
+        // least recently used first (entries in use, these among them, are locked and stay).
+        if extracted {
+            self.cache.evict(smolvm_pack_format::cache::max_bytes_from_env());
+        }
         let boot = Boot {
             kernel: kernel.path.clone(),
             initramfs: initramfs.path.clone(),
