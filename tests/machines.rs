@@ -24,6 +24,15 @@ fn supervisor_pid(home: &Home, name: &str) -> u32 {
     json["pid"].as_u64().unwrap() as u32
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn a_bare_machine_keeps_its_files_across_execs_restarts_and_a_killed_supervisor() {
     let home = Home::new();
@@ -84,7 +93,7 @@ fn a_bare_machine_keeps_its_files_across_execs_restarts_and_a_killed_supervisor(
     assert_eq!(code(&failed), Some(7));
 
     // Many concurrent execs on one machine.
-    let children: Vec<_> = (0..8)
+    let execs: Vec<_> = (0..8)
         .map(|i| {
             home.smolvm()
                 .args(["machine", "exec", "-n", "box", "--", "sh", "-c"])
@@ -97,10 +106,32 @@ fn a_bare_machine_keeps_its_files_across_execs_restarts_and_a_killed_supervisor(
                 .unwrap()
         })
         .collect();
-    for (i, child) in children.into_iter().enumerate() {
+    for (i, child) in execs.into_iter().enumerate() {
         let out = child.wait_with_output().unwrap();
         assert_eq!(stdout(&out).trim(), format!("exec-{i}"), "{}", stderr(&out));
     }
+
+    // Memory the guest frees goes back to the host (virtio-balloon free page reporting).
+    let vmm = children(supervisor_pid(&home, "box"))[0];
+    home.ok(&[
+        "machine",
+        "exec",
+        "-n",
+        "box",
+        "--",
+        "dd",
+        "if=/dev/urandom",
+        "of=/run/big",
+        "bs=1M",
+        "count=200",
+    ]);
+    let peak = rss_kib(vmm);
+    home.ok(&["machine", "exec", "-n", "box", "--", "rm", "/run/big"]);
+    assert!(
+        wait_for(20, || rss_kib(vmm) + 120 * 1024 < peak),
+        "the VMM kept the freed memory: {peak} KiB then {} KiB",
+        rss_kib(vmm)
+    );
 
     // Stop, grow the disk, start: everything is still there, on a bigger /workspace.
     assert!(

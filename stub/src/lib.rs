@@ -147,7 +147,8 @@ impl App {
         // The cache only grows when something was extracted: then keep it under its cap,
         // least recently used first (entries in use, these among them, are locked and stay).
         if extracted {
-            self.cache.evict(smolvm_pack_format::cache::max_bytes_from_env());
+            self.cache
+                .evict(smolvm_pack_format::cache::max_bytes_from_env());
         }
         let boot = Boot {
             kernel: kernel.path.clone(),

@@ -149,6 +149,9 @@ impl Qemu {
             "-device",
             "virtio-rng-device,rng=rng",
         ]);
+        // Pages the guest frees are reported and dropped from QEMU's memory (free page
+        // reporting), so an idle machine gives back what a burst used.
+        push(&["-device", "virtio-balloon-device,free-page-reporting=on"]);
         for (i, d) in cfg.disks.iter().enumerate() {
             push(&[
                 "-blockdev",
@@ -275,6 +278,7 @@ mod tests {
                 && cmdline.contains("panic=-1")
         );
         assert!(cmdline.ends_with("quiet"));
+        assert!(value_of(&a, "-device").contains(&"virtio-balloon-device,free-page-reporting=on"));
     }
 
     #[test]
