@@ -130,17 +130,43 @@ impl SectionCache {
         let path = self.path_of(&entry.uncompressed_sha256);
         let lock_path = path.with_extension("lock");
         let lock = File::create(&lock_path).map_err(io_error("open", &lock_path))?;
-        flock(&lock, libc::LOCK_EX).map_err(io_error("lock", &lock_path))?;
         let boot = boot_id();
         let marker = path.with_extension("boot");
-        let present = std::fs::metadata(&path).is_ok_and(|m| m.len() == entry.uncompressed_size);
-        let good = present
-            && !force
-            && (boot.is_some() && std::fs::read_to_string(&marker).ok() == boot
-                || hex_of_file(&path)
-                    .is_ok_and(|h| h == entry.uncompressed_sha256.trim_start_matches("sha256:")));
-        let extracted = !good;
-        if extracted {
+        let good = || {
+            let present =
+                std::fs::metadata(&path).is_ok_and(|m| m.len() == entry.uncompressed_size);
+            present
+                && (boot.is_some() && std::fs::read_to_string(&marker).ok() == boot
+                    || hex_of_file(&path).is_ok_and(|h| {
+                        h == entry.uncompressed_sha256.trim_start_matches("sha256:")
+                    }))
+        };
+        // Users of an entry hold it shared for as long as their VM runs, so an entry that
+        // is good is only ever checked under the shared lock: taking the exclusive one first
+        // would make every run wait for every other run of the pack to end (and two runs
+        // materializing sections on parallel threads deadlock). Only an extraction needs the
+        // exclusive lock, taken without waiting on users: if that fails, someone else is
+        // extracting or using it, so wait for their shared turn and look again.
+        let mut attempts = 0;
+        let extracted = loop {
+            flock(&lock, libc::LOCK_SH).map_err(io_error("lock", &lock_path))?;
+            if !force && good() {
+                break false;
+            }
+            let exclusive = if attempts < 50 {
+                libc::LOCK_EX | libc::LOCK_NB
+            } else {
+                // Users keep a bad entry busy: wait for them rather than spin.
+                libc::LOCK_EX
+            };
+            attempts += 1;
+            if flock(&lock, exclusive).is_err() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
+            if !force && good() {
+                break false; // extracted by someone else meanwhile
+            }
             let _ = std::fs::remove_file(&path);
             // Without a boot id to tell a reboot by, fall back to syncing.
             let durability = if boot.is_some() {
@@ -153,11 +179,17 @@ impl SectionCache {
                 &path,
                 std::os::unix::fs::PermissionsExt::from_mode(0o444),
             );
-        }
-        if let Some(boot) = &boot {
-            let _ = std::fs::write(&marker, boot);
-        }
+            if let Some(boot) = &boot {
+                let _ = std::fs::write(&marker, boot);
+            }
+            break true;
+        };
         if !extracted {
+            if let Some(boot) = &boot
+                && std::fs::read_to_string(&marker).ok().as_ref() != Some(boot)
+            {
+                let _ = std::fs::write(&marker, boot);
+            }
             // Last use, for eviction order.
             let _ = File::open(&path).and_then(|f| f.set_modified(SystemTime::now()));
         }
