@@ -12,6 +12,7 @@ pub mod frame;
 pub mod io;
 pub mod message;
 pub mod mux;
+pub mod transfer;
 
 pub use frame::{Body, Channel, Frame, FrameError, MAX_PAYLOAD};
 pub use io::{FrameReader, ReadError, write_frame};
