@@ -14,8 +14,8 @@
 use crate::agent::AgentClient;
 use smolvm_protocol::transfer::{self, PumpError, fs};
 use smolvm_protocol::{
-    Channel, CopyIn, CopyKind, CopyOut, ErrorReply, Event, Message, MuxError, StreamReceiver,
-    StreamSender,
+    COPY_VERSION, Channel, CopyIn, CopyKind, CopyOut, ErrorReply, Event, Message, MuxError,
+    StreamReceiver, StreamSender,
 };
 use std::io;
 use std::path::{Path, PathBuf};
@@ -57,6 +57,20 @@ pub enum CopyError {
     Connection(#[from] MuxError),
     #[error("unexpected reply from the guest agent during the copy: {0}")]
     Unexpected(String),
+    /// The VM runs an agent from before copies existed.
+    #[error(
+        "the VM's agent speaks protocol version {version}, copying needs {COPY_VERSION}: recreate the machine with current guest assets (./scripts/setup)"
+    )]
+    AgentTooOld { version: u32 },
+}
+
+fn check_version(client: &AgentClient) -> Result<(), CopyError> {
+    if client.version < COPY_VERSION {
+        return Err(CopyError::AgentTooOld {
+            version: client.version,
+        });
+    }
+    Ok(())
 }
 
 /// Copies `src` on this host to `guest_dst` (an absolute path) in the VM. A directory needs
@@ -68,6 +82,7 @@ pub async fn upload(
     recursive: bool,
     mut progress: impl FnMut(Progress) + Send,
 ) -> Result<CopyReport, CopyError> {
+    check_version(client)?;
     let start = Instant::now();
     let host = |source| CopyError::Host {
         path: src.to_path_buf(),
@@ -124,6 +139,7 @@ pub async fn download(
     recursive: bool,
     mut progress: impl FnMut(Progress) + Send,
 ) -> Result<CopyReport, CopyError> {
+    check_version(client)?;
     let start = Instant::now();
     let stream = client.mux().open(Message::CopyOut(CopyOut {
         path: guest_src.to_string(),

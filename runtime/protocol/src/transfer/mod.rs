@@ -99,8 +99,9 @@ impl Read for ChunkReader {
     }
 }
 
+/// Not `Interrupted`: `write_all` and `read_exact` retry on that kind, forever here.
 fn abandoned() -> io::Error {
-    io::Error::new(io::ErrorKind::Interrupted, "the copy was abandoned")
+    io::Error::new(io::ErrorKind::BrokenPipe, "the copy was abandoned")
 }
 
 /// Runs `produce` on a blocking thread and sends what it writes as data on `channel`, then
