@@ -223,11 +223,13 @@ async fn finished(rx: &mut StreamReceiver, guest_path: &str) -> Result<(), CopyE
 
 fn pump_error(e: PumpError, guest_path: &str, host_path: &Path) -> CopyError {
     match e {
-        PumpError::Control(Message::Error(reply)) => CopyError::Guest {
-            path: guest_path.to_string(),
-            reply,
+        PumpError::Control(m) => match *m {
+            Message::Error(reply) => CopyError::Guest {
+                path: guest_path.to_string(),
+                reply,
+            },
+            m => CopyError::Unexpected(format!("{m:?}")),
         },
-        PumpError::Control(m) => CopyError::Unexpected(format!("{m:?}")),
         PumpError::Local(source) => CopyError::Host {
             path: host_path.to_path_buf(),
             source,

@@ -9,8 +9,8 @@
 use crate::rootpath;
 use smolvm_protocol::transfer::{self, PumpError, fs};
 use smolvm_protocol::{
-    Channel, CopyIn, CopyKind, CopyOut, Copying, ErrorKind, Message, Stream, StreamReceiver,
-    StreamSender,
+    Channel, CopyIn, CopyKind, CopyOut, Copying, ErrorKind, ErrorReply, Message, Stream,
+    StreamReceiver, StreamSender,
 };
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,7 +20,7 @@ pub async fn copy_out(stream: Stream, req: CopyOut, root: &Path) {
     let (tx, mut rx) = stream.split();
     let reply = match send(&tx, &mut rx, &req, root).await {
         Ok(()) => Message::Done,
-        Err(e) => e,
+        Err(e) => Message::Error(e),
     };
     let _ = tx.send(reply);
 }
@@ -30,17 +30,17 @@ async fn send(
     rx: &mut StreamReceiver,
     req: &CopyOut,
     root: &Path,
-) -> Result<(), Message> {
+) -> Result<(), ErrorReply> {
     let src = guest_path(root, &req.path)?;
     let (kind, mode, size) = fs::describe(&src).map_err(|e| io_error(root, e))?;
     if kind == CopyKind::Dir && !req.recursive {
-        return Err(Message::error(
+        return Err(error(
             ErrorKind::InvalidRequest,
             format!("{} is a directory: copy it with -r", req.path),
         ));
     }
     tx.send(Message::Copying(Copying { kind, mode, size }))
-        .map_err(|e| Message::error(ErrorKind::Io, e.to_string()))?;
+        .map_err(|e| error(ErrorKind::Io, e.to_string()))?;
     transfer::send_from(
         tx,
         rx,
@@ -57,12 +57,12 @@ pub async fn copy_in(stream: Stream, req: CopyIn, root: &Path) {
     let (tx, mut rx) = stream.split();
     let reply = match receive(&mut rx, req, root).await {
         Ok(()) => Message::Done,
-        Err(e) => e,
+        Err(e) => Message::Error(e),
     };
     let _ = tx.send(reply);
 }
 
-async fn receive(rx: &mut StreamReceiver, req: CopyIn, root: &Path) -> Result<(), Message> {
+async fn receive(rx: &mut StreamReceiver, req: CopyIn, root: &Path) -> Result<(), ErrorReply> {
     let dst = guest_path(root, &req.path)?;
     let CopyIn {
         name,
@@ -87,14 +87,14 @@ async fn receive(rx: &mut StreamReceiver, req: CopyIn, root: &Path) -> Result<()
     .map_err(|e| pump_error(root, e))?;
     tokio::task::spawn_blocking(move || staged.commit())
         .await
-        .map_err(|e| Message::error(ErrorKind::Io, e.to_string()))?
+        .map_err(|e| error(ErrorKind::Io, e.to_string()))?
         .map_err(|e| io_error(root, e))
 }
 
 /// Where an absolute guest path is, seen from the agent.
-fn guest_path(root: &Path, path: &str) -> Result<PathBuf, Message> {
+fn guest_path(root: &Path, path: &str) -> Result<PathBuf, ErrorReply> {
     if !path.starts_with('/') {
-        return Err(Message::error(
+        return Err(error(
             ErrorKind::InvalidRequest,
             format!("the path in the VM must be absolute: {path:?}"),
         ));
@@ -102,22 +102,22 @@ fn guest_path(root: &Path, path: &str) -> Result<PathBuf, Message> {
     Ok(rootpath::resolve(root, path))
 }
 
-fn pump_error(root: &Path, e: PumpError) -> Message {
+fn pump_error(root: &Path, e: PumpError) -> ErrorReply {
     match e {
         PumpError::Local(e) => io_error(root, e),
-        PumpError::Control(Message::Cancel) => {
-            Message::error(ErrorKind::Io, "the host cancelled the copy")
+        PumpError::Control(m) if *m == Message::Cancel => {
+            error(ErrorKind::Io, "the host cancelled the copy")
         }
-        PumpError::Control(m) => Message::error(
+        PumpError::Control(m) => error(
             ErrorKind::InvalidRequest,
             format!("unexpected message during a copy: {m:?}"),
         ),
-        PumpError::Closed(e) => Message::error(ErrorKind::Io, e.to_string()),
+        PumpError::Closed(e) => error(ErrorKind::Io, e.to_string()),
     }
 }
 
 /// An error for the host, with paths as the guest sees them (without the agent's root).
-fn io_error(root: &Path, e: io::Error) -> Message {
+fn io_error(root: &Path, e: io::Error) -> ErrorReply {
     let kind = match e.kind() {
         io::ErrorKind::NotFound => ErrorKind::NotFound,
         io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
@@ -125,5 +125,12 @@ fn io_error(root: &Path, e: io::Error) -> Message {
         _ => ErrorKind::Io,
     };
     let message = e.to_string().replace(&format!("{}/", root.display()), "/");
-    Message::error(kind, message)
+    error(kind, message)
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
+    ErrorReply {
+        kind,
+        message: message.into(),
+    }
 }

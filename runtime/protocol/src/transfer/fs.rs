@@ -561,7 +561,9 @@ mod tests {
         fs::create_dir(&parent).unwrap();
         let out = outside.to_str().unwrap().to_string();
         let victim = format!("{out}/victim");
-        let cases: Vec<(&str, Vec<(&str, T, &str)>, &str)> = vec![
+        // (what, entries as (name, type, link target), what the error must say)
+        type Entries<'a> = Vec<(&'a str, T, &'a str)>;
+        let cases: Vec<(&str, Entries, &str)> = vec![
             (
                 "dot-dot",
                 vec![("../outside/evil", T::Regular, "")],

@@ -24,7 +24,7 @@ pub const QUEUE: usize = 4;
 #[derive(Debug)]
 pub enum PumpError {
     /// The peer sent a control message instead (an `error`, a `cancel`).
-    Control(Message),
+    Control(Box<Message>),
     /// The local filesystem side failed.
     Local(io::Error),
     /// The connection closed.
@@ -172,7 +172,7 @@ pub async fn receive_into<T: Send + 'static>(
                     let _ = chunk_tx.send(Vec::new()).await;
                     return Ok(());
                 }
-                Some(Event::Control(m)) => return Err(PumpError::Control(m)),
+                Some(Event::Control(m)) => return Err(PumpError::Control(Box::new(m))),
                 Some(_) => {}
                 None => {
                     return Err(PumpError::Closed(MuxError::Closed(
@@ -198,7 +198,7 @@ pub async fn receive_into<T: Send + 'static>(
 async fn interruption(rx: &mut StreamReceiver) -> PumpError {
     loop {
         match rx.recv().await {
-            Some(Event::Control(m)) => return PumpError::Control(m),
+            Some(Event::Control(m)) => return PumpError::Control(Box::new(m)),
             Some(_) => {}
             None => {
                 return PumpError::Closed(MuxError::Closed(
