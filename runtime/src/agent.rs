@@ -37,6 +37,8 @@ impl From<ReadError> for AgentError {
 pub struct AgentClient {
     mux: Mux,
     pub ready: Ready,
+    /// The protocol version both sides agreed on.
+    pub version: u32,
 }
 
 impl AgentClient {
@@ -88,7 +90,11 @@ impl AgentClient {
             }
         }
         let (mux, _) = Mux::start(reader, w, false);
-        Ok(AgentClient { mux, ready })
+        Ok(AgentClient {
+            mux,
+            ready,
+            version,
+        })
     }
 
     /// Sends a request and waits for the message that ends its stream.

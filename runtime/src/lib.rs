@@ -11,6 +11,7 @@ pub mod agent;
 pub mod assets;
 pub mod attach;
 pub mod backend;
+pub mod copy;
 pub mod fsutil;
 pub mod machine;
 pub mod run;

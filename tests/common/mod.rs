@@ -9,12 +9,17 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_smolvm"))
 }
 
+/// The guest assets the tests boot: `$SMOLVM_GUEST_DIR`, else the ones ./scripts/build-guest
+/// wrote next to the binaries (target/guest, or $CARGO_TARGET_DIR/guest).
+pub fn guest_dir() -> PathBuf {
+    std::env::var_os("SMOLVM_GUEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin().parent().unwrap().join("../guest"))
+}
+
 /// Fails (never skips) when what the VM tests need is missing, with the fix.
 pub fn require_vm_prerequisites() {
-    let guest = bin().parent().unwrap().join("../guest");
-    let guest_dir = std::env::var_os("SMOLVM_GUEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or(guest);
+    let guest_dir = guest_dir();
     for f in ["vmlinux", "initramfs.cpio"] {
         assert!(
             guest_dir.join(f).is_file(),

@@ -5,6 +5,7 @@
 //! filesystem, run commands, shut down. It must never exit (the kernel panics when PID 1
 //! does): on a fatal error it says why on the console and powers the VM off.
 
+mod copy;
 mod disk;
 mod exec;
 mod fdio;
@@ -19,7 +20,8 @@ mod transport;
 mod user;
 
 use smolvm_protocol::{
-    ErrorKind, Frame, FrameReader, Hello, Incoming, Message, Mux, PROTOCOL, Ready, write_frame,
+    ErrorKind, Frame, FrameReader, Hello, Incoming, Message, Mux, PROTOCOL, Ready, Stream,
+    write_frame,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -138,6 +140,18 @@ async fn serve(init_us: u64) -> Option<String> {
     mux.close_reason()
 }
 
+/// The root that `setup` built; without one, says so on `stream` (which it ends).
+fn command_root(state: &State, stream: &Stream) -> Option<std::path::PathBuf> {
+    let root = state.root.lock().unwrap().as_ref().map(|r| r.path.clone());
+    if root.is_none() {
+        let _ = stream.send(Message::error(
+            ErrorKind::InvalidRequest,
+            "the root filesystem is not set up yet (send setup first)",
+        ));
+    }
+    root
+}
+
 fn handle(inc: Incoming, state: Arc<State>, mux: Mux) {
     let Incoming { stream, request } = inc;
     tokio::spawn(async move {
@@ -166,15 +180,18 @@ fn handle(inc: Incoming, state: Arc<State>, mux: Mux) {
                 let _ = stream.send(reply);
             }
             Message::Exec(req) => {
-                let root = state.root.lock().unwrap().as_ref().map(|r| r.path.clone());
-                match root {
-                    Some(root) => exec::run(stream, req, &root).await,
-                    None => {
-                        let _ = stream.send(Message::error(
-                            ErrorKind::InvalidRequest,
-                            "the root filesystem is not set up yet (send setup first)",
-                        ));
-                    }
+                if let Some(root) = command_root(&state, &stream) {
+                    exec::run(stream, req, &root).await;
+                }
+            }
+            Message::CopyOut(req) => {
+                if let Some(root) = command_root(&state, &stream) {
+                    copy::copy_out(stream, req, &root).await;
+                }
+            }
+            Message::CopyIn(req) => {
+                if let Some(root) = command_root(&state, &stream) {
+                    copy::copy_in(stream, req, &root).await;
                 }
             }
             Message::Shutdown => {

@@ -12,6 +12,7 @@ pub mod frame;
 pub mod io;
 pub mod message;
 pub mod mux;
+pub mod transfer;
 
 pub use frame::{Body, Channel, Frame, FrameError, MAX_PAYLOAD};
 pub use io::{FrameReader, ReadError, write_frame};
@@ -19,7 +20,10 @@ pub use message::*;
 pub use mux::{Event, Incoming, Mux, MuxError, Stream, StreamReceiver, StreamSender};
 
 /// The protocol versions this build speaks.
-pub const PROTOCOL: VersionRange = VersionRange { min: 1, max: 1 };
+pub const PROTOCOL: VersionRange = VersionRange { min: 1, max: 2 };
+/// The first version with `copy_in`, `copy_out` and `cancel`: an older agent does not know
+/// those messages and would drop the connection on them.
+pub const COPY_VERSION: u32 = 2;
 
 /// The virtio-serial port name the QEMU backend gives the agent's channel.
 pub const VIRTIO_PORT_NAME: &str = "smolvm.agent";

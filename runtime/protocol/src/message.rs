@@ -40,6 +40,12 @@ pub enum Message {
     Ping,
     /// Flush filesystems and power the VM off. Answered by `done` just before power-off.
     Shutdown,
+    /// Copy a file or directory out of the guest root. Answered by `copying`, the data on
+    /// stdout, eof, then `done`; or by `error` at any point.
+    CopyOut(CopyOut),
+    /// Copy a file or directory into the guest root: the host sends the data on stdin, then
+    /// eof. Answered by `done` once the copy is in place, or by `error`.
+    CopyIn(CopyIn),
 
     // --- host -> agent on an exec stream ------------------------------------------------
     /// The terminal changed size (PTY execs only).
@@ -47,9 +53,16 @@ pub enum Message {
     /// Deliver a signal to the process (`SIGKILL` to its whole process group cancels it).
     Signal { signal: i32 },
 
+    // --- host -> agent on a copy stream ----------------------------------------------------
+    /// Abandon the copy: the agent removes what it staged, leaves the destination as it was
+    /// and answers `error`.
+    Cancel,
+
     // --- agent -> host replies ------------------------------------------------------------
     /// The process is running.
     Started { pid: u32 },
+    /// What a `copy_out` sends; its data follows on stdout.
+    Copying(Copying),
     /// The process ended; all its output has been sent. Ends the stream.
     Exit(ExitStatus),
     /// Answer to `ping`. Ends the stream.
@@ -156,6 +169,51 @@ pub struct Exec {
     /// Kill the process group this many milliseconds after start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+}
+
+/// What a copy carries: one regular file's bytes, or a directory tree as a tar stream.
+///
+/// The tar stream holds the directory's contents (not the directory itself) with relative
+/// paths: directories, regular files, symlinks and hardlinks to earlier entries only.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyKind {
+    File,
+    Dir,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CopyOut {
+    /// Absolute path inside the guest root.
+    pub path: String,
+    /// Whether a directory may be copied (`cp -r`); without it a directory is an error.
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct CopyIn {
+    /// Absolute path inside the guest root. When it is an existing directory the copy goes
+    /// inside it, as `name`; otherwise the copy is created (or replaced) at `path`.
+    pub path: String,
+    /// The source's file name.
+    pub name: String,
+    pub kind: CopyKind,
+    /// Permission bits of the file, or of the directory itself.
+    pub mode: u32,
+    /// The file's size: the agent refuses a stream of any other length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+pub struct Copying {
+    pub kind: CopyKind,
+    /// Permission bits of the file, or of the directory itself.
+    pub mode: u32,
+    /// The file's size (absent for a directory's tar stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
