@@ -630,3 +630,82 @@ pub fn monitor(name: &str) -> anyhow::Result<i32> {
         Some(MonitorEnd::GaveUp) => 1,
     })
 }
+
+#[derive(Args)]
+pub struct CpArgs {
+    /// What to copy: a host path, or NAME:/path in a machine
+    src: String,
+    /// Where to: a host path, or NAME:/path in a machine
+    dst: String,
+    /// Copy directories (and everything in them)
+    #[arg(short, long)]
+    recursive: bool,
+    /// No progress bar
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// `NAME:/path` names a path in machine NAME; anything else is a host path.
+fn machine_path(arg: &str) -> Option<(&str, &str)> {
+    let (name, path) = arg.split_once(':')?;
+    (machine::validate_name(name).is_ok() && path.starts_with('/')).then_some((name, path))
+}
+
+pub fn cp(a: CpArgs) -> anyhow::Result<i32> {
+    use smolvm_runtime::copy;
+    let (name, upload) = match (machine_path(&a.src), machine_path(&a.dst)) {
+        (None, Some((name, _))) => (name, true),
+        (Some((name, _)), None) => (name, false),
+        (Some(_), Some(_)) => bail!("copy between two machines through the host, in two steps"),
+        (None, None) => bail!(
+            "one side must be a machine path, NAME:/absolute/path (e.g. smolvm machine cp ./f default:/workspace/f)"
+        ),
+    };
+    let (_, _, dir) = open(name)?;
+    let rt = crate::runtime()?;
+    let report = rt.block_on(async {
+        let client = match dir.connect().await {
+            Ok(c) => c,
+            Err(MachineError::NotRunning) => bail!(
+                "machine {name} is not running; start it with `smolvm machine start --name {name}`"
+            ),
+            Err(e) => return Err(e.into()),
+        };
+        let mut bar = None;
+        let progress = |p: copy::Progress| {
+            let b = bar
+                .get_or_insert_with(|| crate::progress::transfer_bar("copying", p.total, a.quiet));
+            b.set_position(p.bytes);
+        };
+        let report = if upload {
+            let (_, guest) = machine_path(&a.dst).expect("checked above");
+            copy::upload(
+                &client,
+                std::path::Path::new(&a.src),
+                guest,
+                a.recursive,
+                progress,
+            )
+            .await
+        } else {
+            let (_, guest) = machine_path(&a.src).expect("checked above");
+            copy::download(
+                &client,
+                guest,
+                std::path::Path::new(&a.dst),
+                a.recursive,
+                progress,
+            )
+            .await
+        };
+        Ok(report?)
+    })?;
+    if !a.quiet {
+        eprintln!(
+            "copied {} in {:.1} s",
+            crate::machine::human_bytes(report.bytes),
+            report.elapsed.as_secs_f64()
+        );
+    }
+    Ok(0)
+}

@@ -63,6 +63,8 @@ pub enum MachineCommand {
     Resize(lifecycle::ResizeArgs),
     /// Watch a machine's health check and apply its restart policy (foreground)
     Monitor(lifecycle::NameArg),
+    /// Copy files between the host and a running machine (NAME:/path on one side)
+    Cp(lifecycle::CpArgs),
 }
 
 #[derive(Args)]
@@ -125,6 +127,7 @@ pub fn dispatch(cmd: MachineCommand) -> anyhow::Result<i32> {
         MachineCommand::Exec(a) => lifecycle::exec(*a),
         MachineCommand::Resize(a) => lifecycle::resize(a),
         MachineCommand::Monitor(n) => lifecycle::monitor(&n.name),
+        MachineCommand::Cp(a) => lifecycle::cp(a),
     }
 }
 

@@ -93,3 +93,27 @@ pub fn short(digest: &str) -> String {
         .take(12)
         .collect()
 }
+
+/// A byte-count bar for one transfer (a spinner when the total is unknown) on a terminal;
+/// hidden otherwise or with `quiet`.
+pub fn transfer_bar(label: &str, total: Option<u64>, quiet: bool) -> ProgressBar {
+    let bar = match total {
+        Some(t) => ProgressBar::new(t),
+        None => ProgressBar::new_spinner(),
+    };
+    if quiet || !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let template = if total.is_some() {
+        "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}"
+    } else {
+        "{spinner} {prefix} {bytes} {bytes_per_sec}"
+    };
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar
+}

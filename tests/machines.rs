@@ -481,3 +481,171 @@ max_backoff = "1s"
             .contains("stopped")
     );
 }
+
+#[test]
+fn cp_moves_files_and_trees_through_a_machine_and_an_interrupted_copy_changes_nothing() {
+    use sha2::{Digest, Sha256};
+    let hex = |bytes: &[u8]| -> String {
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let home = Home::new();
+    let mut create = vec!["machine", "create", "cpbox"];
+    create.extend(SMALL);
+    home.ok(&create);
+    home.ok(&["machine", "start", "-n", "cpbox"]);
+    let host = home.dir.path().join("files");
+    std::fs::create_dir_all(host.join("tree/sub")).unwrap();
+    // 64 MiB of incompressible data (the engine's own test moves 200 MB both ways).
+    let mut data = vec![0u8; 64 << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let big = host.join("big.bin");
+    std::fs::write(&big, &data).unwrap();
+    std::fs::set_permissions(&big, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    std::fs::write(host.join("tree/sub/a.txt"), "a").unwrap();
+    std::os::unix::fs::symlink("sub/a.txt", host.join("tree/link")).unwrap();
+
+    home.ok(&[
+        "machine",
+        "cp",
+        "-q",
+        big.to_str().unwrap(),
+        "cpbox:/workspace/big.bin",
+    ]);
+    let inside = home.ok(&[
+        "machine",
+        "exec",
+        "-n",
+        "cpbox",
+        "--",
+        "sh",
+        "-c",
+        "sha256sum /workspace/big.bin | cut -d' ' -f1; stat -c %a /workspace/big.bin",
+    ]);
+    let want = hex(&data);
+    assert_eq!(inside, format!("{want}\n640\n"));
+    let back = host.join("back.bin");
+    home.ok(&[
+        "machine",
+        "cp",
+        "-q",
+        "cpbox:/workspace/big.bin",
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(hex(&std::fs::read(&back).unwrap()), want);
+
+    let no_r = home.cmd(&[
+        "machine",
+        "cp",
+        host.join("tree").to_str().unwrap(),
+        "cpbox:/workspace/t",
+    ]);
+    assert!(stderr(&no_r).contains("-r"), "{}", stderr(&no_r));
+    home.ok(&[
+        "machine",
+        "cp",
+        "-r",
+        "-q",
+        host.join("tree").to_str().unwrap(),
+        "cpbox:/workspace/t",
+    ]);
+    let tree_back = host.join("tree-back");
+    home.ok(&[
+        "machine",
+        "cp",
+        "-r",
+        "-q",
+        "cpbox:/workspace/t",
+        tree_back.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(tree_back.join("sub/a.txt")).unwrap(),
+        "a"
+    );
+    assert_eq!(
+        std::fs::read_link(tree_back.join("link")).unwrap(),
+        PathBuf::from("sub/a.txt")
+    );
+
+    // A copy killed mid-way (SIGKILL: no chance to clean up) leaves the old destination and
+    // no staging file in the machine: the supervisor cancels it for the vanished client.
+    home.ok(&[
+        "machine",
+        "exec",
+        "-n",
+        "cpbox",
+        "--",
+        "sh",
+        "-c",
+        "echo old > /workspace/dst",
+    ]);
+    let mut child = home
+        .smolvm()
+        .args([
+            "machine",
+            "cp",
+            "-q",
+            big.to_str().unwrap(),
+            "cpbox:/workspace/dst",
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        wait_for(15, || {
+            home.ok(&[
+                "machine",
+                "exec",
+                "-n",
+                "cpbox",
+                "--",
+                "ls",
+                "-A",
+                "/workspace",
+            ]) == "big.bin\ndst\nlost+found\nt\n"
+        }),
+        "{}",
+        home.ok(&[
+            "machine",
+            "exec",
+            "-n",
+            "cpbox",
+            "--",
+            "ls",
+            "-A",
+            "/workspace"
+        ])
+    );
+    assert_eq!(
+        home.ok(&[
+            "machine",
+            "exec",
+            "-n",
+            "cpbox",
+            "--",
+            "cat",
+            "/workspace/dst"
+        ]),
+        "old\n"
+    );
+
+    let both = home.cmd(&["machine", "cp", "cpbox:/a", "cpbox:/b"]);
+    assert!(stderr(&both).contains("two steps"));
+    let neither = home.cmd(&["machine", "cp", "a", "b"]);
+    assert!(
+        stderr(&neither).contains("NAME:/absolute/path"),
+        "{}",
+        stderr(&neither)
+    );
+    home.ok(&["machine", "delete", "-f", "cpbox"]);
+}

@@ -4,9 +4,9 @@ use smolvm_protocol::{Event, Message, Stream};
 
 /// Relays one stream until the agent ends it. Each hop takes data only when the next one
 /// has credit, so at most one chunk per direction sits in the supervisor. If the client
-/// goes away first, the command is cancelled (its process group killed): nothing is left
-/// running that nobody can reach.
-pub async fn relay(client: Stream, agent: Stream) {
+/// goes away first, `abandon` goes to the agent (a command's process group is killed, a
+/// copy is cancelled and its staging removed): nothing is left that nobody can reach.
+pub async fn relay(client: Stream, agent: Stream, abandon: Message) {
     let (to_client, mut from_client) = client.split();
     let (to_agent, mut from_agent) = agent.split();
     let down = async {
@@ -42,11 +42,9 @@ pub async fn relay(client: Stream, agent: Stream) {
                 Event::Control(m) => to_agent.send(m),
             };
         }
-        // The client is gone (its connection closed): cancel the command, then let `down`
+        // The client is gone (its connection closed): abandon the request, then let `down`
         // drain what the agent still sends until it ends the stream.
-        let _ = to_agent.send(Message::Signal {
-            signal: libc::SIGKILL,
-        });
+        let _ = to_agent.send(abandon.clone());
         std::future::pending::<()>().await;
     };
     let client_alive = tokio::select! {
@@ -54,8 +52,6 @@ pub async fn relay(client: Stream, agent: Stream) {
         _ = up => unreachable!("up never completes"),
     };
     if !client_alive {
-        let _ = to_agent.send(Message::Signal {
-            signal: libc::SIGKILL,
-        });
+        let _ = to_agent.send(abandon);
     }
 }

@@ -145,6 +145,11 @@ async fn run(dir: &MachineDir, report: &mut dyn FnMut(&str)) -> Result<(), Strin
     report("ready\n");
 
     let agent = vm.agent().mux().clone();
+    // Clients get at most what the agent speaks: the supervisor relays their requests.
+    let speaks = VersionRange {
+        min: PROTOCOL.min,
+        max: vm.agent().version,
+    };
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel::<Option<StreamSender>>();
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -152,7 +157,7 @@ async fn run(dir: &MachineDir, report: &mut dyn FnMut(&str)) -> Result<(), Strin
         tokio::select! {
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
-                    tokio::spawn(serve_client(stream, agent.clone(), stop_tx.clone()));
+                    tokio::spawn(serve_client(stream, agent.clone(), speaks, stop_tx.clone()));
                 }
             }
             requester = stop_rx.recv() => break requester.flatten(),
@@ -210,12 +215,13 @@ async fn run_init(vm: &Vm, spec: &MachineSpec) -> Result<(), String> {
 async fn serve_client(
     stream: UnixStream,
     agent: Mux,
+    speaks: VersionRange,
     stop: mpsc::UnboundedSender<Option<StreamSender>>,
 ) {
     let (r, mut w) = tokio::io::split(stream);
     let mut reader = FrameReader::new(r);
     let ready = Ready {
-        protocol: PROTOCOL,
+        protocol: speaks,
         agent_version: format!("smolvm-supervisor {}", env!("CARGO_PKG_VERSION")),
         init_us: 0,
         ready_us: 0,
@@ -233,7 +239,7 @@ async fn serve_client(
         })) => h.version,
         _ => return,
     };
-    if PROTOCOL
+    if speaks
         .negotiate(VersionRange {
             min: version,
             max: version,
@@ -265,14 +271,23 @@ async fn serve_client(
                     "the machine is already set up",
                 ));
             }
-            request => match agent.open(request) {
-                Ok(agent_stream) => {
-                    tokio::spawn(relay(stream, agent_stream));
+            request => {
+                // What ends the request in the guest if the client goes away mid-way.
+                let abandon = match request {
+                    Message::Exec(_) => Message::Signal {
+                        signal: libc::SIGKILL,
+                    },
+                    _ => Message::Cancel,
+                };
+                match agent.open(request) {
+                    Ok(agent_stream) => {
+                        tokio::spawn(relay(stream, agent_stream, abandon));
+                    }
+                    Err(e) => {
+                        let _ = stream.send(Message::error(ErrorKind::Io, e.to_string()));
+                    }
                 }
-                Err(e) => {
-                    let _ = stream.send(Message::error(ErrorKind::Io, e.to_string()));
-                }
-            },
+            }
         }
     }
 }
