@@ -87,6 +87,9 @@ pub struct RunArgs {
     /// Memory in MiB [default: 8192]
     #[arg(long = "mem", value_name = "MiB")]
     memory: Option<u32>,
+    /// Share a host directory with the guest, live (HOST:GUEST or HOST:GUEST:ro; repeatable)
+    #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]", value_parser = smolvm_runtime::volume::parse_flag)]
+    volumes: Vec<smolfile::Volume>,
     /// Read the workload from a Smolfile (flags override it)
     #[arg(short = 's', long, value_name = "FILE")]
     smolfile: Option<PathBuf>,
@@ -155,11 +158,15 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         cpus: args.cpus,
         memory: args.memory,
         platform: args.platform,
+        volumes: args.volumes,
         ..Default::default()
     };
     let rt = crate::runtime()?;
     // The image (if any) comes from the merge; its config then takes part in a second one.
-    let image = match smolfile::merge(Purpose::Run, smolfile.as_ref(), &overrides, None).image {
+    let first = smolfile::merge(Purpose::Run, smolfile.as_ref(), &overrides, None);
+    // Before anything slow: every volume's host directory must be there.
+    let (shares, mounts) = smolvm_runtime::volume::shares(&first.volumes, backend.share_fs())?;
+    let image = match first.image {
         Some(reference) => Some(rt.block_on(image::prepare(
             &reference,
             overrides.platform.clone(),
@@ -174,8 +181,8 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         &overrides,
         image.as_ref().map(|i| i.record.image_config()).as_ref(),
     );
-    if !eff.volumes.is_empty() || !eff.ports.is_empty() || eff.net {
-        bail!("volumes, ports and networking are not available in this build yet");
+    if !eff.ports.is_empty() || eff.net {
+        bail!("ports and networking are not available in this build yet");
     }
     let mut argv = eff.argv();
     if argv.is_empty() {
@@ -210,12 +217,14 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             memory_mib: eff.memory,
             boot,
             disks,
+            shares,
         },
         setup: Setup {
             hostname: "smolvm".into(),
             lower,
             upper: Upper::Tmpfs,
             workspace: None,
+            mounts,
         },
         init: eff.init,
         exec,

@@ -104,6 +104,9 @@ pub struct RunArgs {
     /// Kill the command after this long; then exit with 124
     #[arg(long, value_name = "DURATION", value_parser = smolfile::parse_duration)]
     timeout: Option<Duration>,
+    /// Share a host directory with the guest, live (HOST:GUEST or HOST:GUEST:ro; repeatable)
+    #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]", value_parser = smolvm_runtime::volume::parse_flag)]
+    volumes: Vec<smolfile::Volume>,
     /// The command and its arguments (default: the pack's entrypoint and cmd)
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -167,6 +170,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         timeout_ms: a.timeout.map(|d| d.as_millis() as u64),
         interactive: a.interactive,
         tty: attach::tty_size(a.tty),
+        volumes: a.volumes,
         ..Default::default()
     };
     let rt = crate::runtime()?;

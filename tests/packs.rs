@@ -197,13 +197,20 @@ fn busybox_packs_run_in_both_modes_deterministically_and_anywhere() {
     let elsewhere = p.home.dir.path().join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
     std::fs::copy(&single, elsewhere.join("tool")).unwrap();
+    std::fs::write(
+        elsewhere.join("note.txt"),
+        "from a copy, through a volume\n",
+    )
+    .unwrap();
+    // A packed executable shares host directories too (relative to where it runs).
     let out = p
         .app(&elsewhere.join("tool"))
-        .args(["run", "--", "echo", "from a copy"])
+        .current_dir(&elsewhere)
+        .args(["run", "-v", ".:/host:ro", "--", "cat", "/host/note.txt"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
-    assert_eq!(stdout(&out), "from a copy\n");
+    assert_eq!(stdout(&out), "from a copy, through a volume\n");
     let info: serde_json::Value = serde_json::from_slice(
         &p.app(&elsewhere.join("tool"))
             .args(["info", "--json"])

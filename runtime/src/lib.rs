@@ -20,10 +20,11 @@ pub mod terminal;
 pub mod trace;
 pub mod virt;
 pub mod vm;
+pub mod volume;
 
 pub use agent::{AgentClient, AgentError};
 pub use assets::GuestAssets;
-pub use backend::{BackendKind, Disk};
+pub use backend::{BackendKind, Disk, Share};
 pub use vm::{Vm, VmError, VmSpec};
 
 /// SHA-256 of `bytes` as lowercase hex.

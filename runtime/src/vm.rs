@@ -1,7 +1,7 @@
 //! One running VM: its VMM process, its private run directory and its agent connection.
 
 use crate::agent::{AgentClient, AgentError};
-use crate::backend::{Backend, BackendError, Boot, ConfigError, Disk, NoBackend, VmConfig};
+use crate::backend::{Backend, BackendError, Boot, ConfigError, Disk, NoBackend, Share, VmConfig};
 use crate::rundir::RunDir;
 use crate::trace;
 use std::os::unix::process::CommandExt;
@@ -24,6 +24,8 @@ pub struct VmSpec {
     pub memory_mib: u32,
     pub boot: Boot,
     pub disks: Vec<Disk>,
+    /// Host directories served to the guest; [`crate::volume::shares`] makes them.
+    pub shares: Vec<Share>,
 }
 
 #[derive(Debug, Error)]
@@ -76,6 +78,7 @@ impl Vm {
             run_dir.path().to_path_buf(),
         )?;
         cfg.disks = spec.disks.clone();
+        cfg.shares = spec.shares.clone();
         trace::mark(&format!("config ready ({})", backend.describe()));
 
         let listener = UnixListener::bind(&cfg.agent_socket).map_err(|source| VmError::Listen {

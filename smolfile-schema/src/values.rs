@@ -76,6 +76,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Guest directories a volume may not cover: the kernel's own filesystems.
+const RESERVED_GUEST_DIRS: [&str; 3] = ["proc", "sys", "dev"];
+
 /// A bind mount from the host into the guest: `HOST:GUEST[:ro|:rw]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Volume {
@@ -92,7 +95,8 @@ pub struct Volume {
 impl Volume {
     /// Parses `spec`, resolving a relative host path against `base_dir` (the Smolfile's
     /// directory, or the working directory for a `-v` flag). The host path is not
-    /// checked on disk. The guest path must be absolute, not `/`, and free of `..`.
+    /// checked on disk. The guest path must be absolute, not `/`, free of `..`, and outside
+    /// `/proc`, `/sys` and `/dev`.
     pub fn parse(spec: &str, base_dir: &Path) -> Result<Volume, String> {
         let invalid = || format!("expected HOST:GUEST[:ro|:rw], found {spec:?}");
         let (host, guest, read_only) = match spec.split(':').collect::<Vec<_>>()[..] {
@@ -113,6 +117,12 @@ impl Volume {
         if guest.trim_end_matches('/').is_empty() {
             return Err(format!(
                 "expected a guest path other than \"/\", found {guest:?}"
+            ));
+        }
+        let top = guest.split('/').find(|c| !c.is_empty()).unwrap_or("");
+        if RESERVED_GUEST_DIRS.contains(&top) {
+            return Err(format!(
+                "expected a guest path outside /proc, /sys and /dev (the VM's kernel filesystems live there), found {guest:?}"
             ));
         }
         Ok(Volume {
@@ -527,6 +537,19 @@ mod tests {
         assert_eq!(
             err("./data://"),
             "expected a guest path other than \"/\", found \"//\""
+        );
+        for reserved in ["/proc", "/sys/fs/x", "//dev/", "/dev/shm"] {
+            assert_eq!(
+                err(&format!("./data:{reserved}")),
+                format!(
+                    "expected a guest path outside /proc, /sys and /dev (the VM's kernel filesystems live there), found {reserved:?}"
+                )
+            );
+        }
+        // Only the whole first component counts.
+        assert_eq!(
+            Volume::parse("./d:/devices", base).unwrap().guest,
+            "/devices"
         );
         assert_eq!(
             err("~/data:/data"),

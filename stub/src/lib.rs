@@ -40,6 +40,8 @@ pub enum AppError {
     Vm(#[from] VmError),
     #[error(transparent)]
     Machine(#[from] MachineError),
+    #[error(transparent)]
+    Volume(#[from] smolvm_runtime::volume::VolumeError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -92,6 +94,8 @@ pub struct RunOptions {
     pub tty: Option<smolvm_protocol::TtySize>,
     pub backend: Option<BackendKind>,
     pub force_extract: bool,
+    /// Host directories shared with the guest (`-v`).
+    pub volumes: Vec<smolfile::Volume>,
 }
 
 impl App {
@@ -248,6 +252,7 @@ impl App {
     pub async fn run(&self, o: RunOptions) -> Result<Outcome, AppError> {
         self.check_runnable()?;
         let backend = backend::select(o.backend.unwrap_or(BackendKind::Auto))?;
+        let (shares, mounts) = smolvm_runtime::volume::shares(&o.volumes, backend.share_fs())?;
         // `prepared` holds the cache entries (shared locks) until the VM is gone.
         let prepared = self.prepare(backend.as_ref(), o.force_extract)?;
         let lower = match prepared.rootfs {
@@ -270,12 +275,14 @@ impl App {
                 memory_mib: o.memory.unwrap_or(res.memory_mib),
                 boot: prepared.boot.clone(),
                 disks,
+                shares,
             },
             setup: Setup {
                 hostname: self.name.clone(),
                 lower,
                 upper: Upper::Tmpfs,
                 workspace: None,
+                mounts,
             },
             init: vec![],
             exec,

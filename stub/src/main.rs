@@ -88,6 +88,9 @@ struct RunArgs {
     /// Kill the command after this long (e.g. 30s, 5m); then exit with 124
     #[arg(long, value_name = "DURATION", value_parser = smolfile::parse_duration)]
     timeout: Option<Duration>,
+    /// Share a host directory with the guest, live (HOST:GUEST or HOST:GUEST:ro; repeatable)
+    #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]", value_parser = smolvm_runtime::volume::parse_flag)]
+    volumes: Vec<smolfile::Volume>,
 }
 
 #[derive(Args)]
@@ -155,6 +158,7 @@ fn dispatch(cli: Cli, name: String) -> Result<i32, AppError> {
                 tty: attach::tty_size(a.cmd.tty),
                 backend: Some(backend(&a.vm.backend)?),
                 force_extract: a.vm.force_extract,
+                volumes: a.volumes,
             };
             let outcome = rt.block_on(app.run(opts))?;
             finish(rt, &outcome, a.timeout)

@@ -1,9 +1,9 @@
 //! Assembling the root filesystem commands run in: a read-only lower layer, a writable
 //! upper layer, overlayfs on top, and the pseudo-filesystems and /etc files a process expects.
 
-use crate::disk;
 use crate::sys::{self, mount};
-use smolvm_protocol::{Lower, Setup, Upper};
+use crate::{disk, rootpath};
+use smolvm_protocol::{Lower, Mount, Setup, ShareFs, Upper};
 use std::path::{Path, PathBuf};
 
 /// Where the built-in busybox userland lives in the initramfs.
@@ -12,6 +12,13 @@ const LOWER: &str = "/smolvm/lower";
 const UPPER: &str = "/smolvm/upper";
 /// The root commands run in.
 pub const ROOT: &str = "/smolvm/root";
+/// 9p mount options. 512000 bytes is the largest message the 6.1 kernel's virtio transport
+/// takes (more is clamped), and bigger messages are what make 9p reads fast. `cache=mmap`
+/// caches nothing but what shared mmap needs, so every read and stat goes to the host and
+/// sees its changes at once (live sharing), while programs that mmap files still work.
+const NINEP_OPTIONS: &str = "trans=virtio,version=9p2000.L,msize=512000,cache=mmap";
+/// Guest directories a share may not cover (the host refuses them too).
+const RESERVED: [&str; 3] = ["proc", "sys", "dev"];
 
 /// What `apply` built: where commands run, and which mounts hold persistent data.
 pub struct Root {
@@ -68,6 +75,9 @@ pub fn apply(setup: &Setup) -> Result<Root, String> {
         open_up_when_fresh(&workspace);
         persistent.insert(0, workspace);
     }
+    for m in &setup.mounts {
+        mount_share(&root, m).map_err(|e| format!("volume {}: {e}", m.guest_path))?;
+    }
     Ok(Root {
         path: root,
         persistent,
@@ -89,6 +99,26 @@ fn open_up_when_fresh(dir: &Path) {
     if fresh {
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777));
     }
+}
+
+/// Mounts a host share at its guest path inside `root`, creating the mount point. The path
+/// is resolved inside the root, so an image's symlink cannot send it elsewhere.
+fn mount_share(root: &Path, m: &Mount) -> Result<(), String> {
+    let at = rootpath::resolve(root, &m.guest_path);
+    let inside = at.strip_prefix(root).unwrap_or(&at);
+    let top = inside.components().next().map(|c| c.as_os_str());
+    if top.is_none_or(|t| RESERVED.iter().any(|r| t == *r)) {
+        return Err(format!(
+            "the path leads to /{} in the image (through a symlink); choose another guest path",
+            inside.display()
+        ));
+    }
+    let (fstype, options) = match m.fs {
+        ShareFs::NineP => ("9p", NINEP_OPTIONS),
+        ShareFs::Virtiofs => ("virtiofs", ""),
+    };
+    let flags = if m.read_only { libc::MS_RDONLY } else { 0 };
+    mount(&m.tag, &at, fstype, flags, options).map_err(|e| e.to_string())
 }
 
 /// Mounts a persistent ext4 disk and grows its filesystem to the disk's size.

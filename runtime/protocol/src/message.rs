@@ -121,6 +121,34 @@ pub struct Setup {
     /// Serial of an ext4 disk to mount at `/workspace` (grown to the disk's size first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<String>,
+    /// Host directories shared with the guest, mounted in this order after everything else
+    /// (a parent before anything inside it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+}
+
+/// A host directory the VMM shares with the guest, and where it appears in the root.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The device's tag (9p `mount_tag`, virtio-fs tag), as the VMM was told.
+    pub tag: String,
+    /// Absolute path inside the command root; created when missing.
+    pub guest_path: String,
+    /// Mounted read-only (the VMM enforces it too).
+    #[serde(default)]
+    pub read_only: bool,
+    pub fs: ShareFs,
+}
+
+/// How the VMM shares a host directory.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareFs {
+    /// 9P2000.L over virtio (QEMU's `virtio-9p-device`).
+    #[serde(rename = "9p")]
+    NineP,
+    /// virtio-fs (libkrun's built-in server).
+    #[serde(rename = "virtiofs")]
+    Virtiofs,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

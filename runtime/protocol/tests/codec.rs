@@ -246,3 +246,43 @@ async fn reader_reports_truncation_mid_frame() {
     assert!(r.read_frame().await.unwrap().is_some());
     assert!(r.read_frame().await.unwrap().is_none());
 }
+
+#[test]
+fn setup_mounts_are_optional_on_the_wire_and_name_their_filesystem() {
+    // A host from before volumes sends no `mounts`; the agent reads it as none.
+    let old = r#"{"type":"setup","hostname":"h","lower":{"kind":"bare"},"upper":{"kind":"tmpfs"}}"#;
+    match serde_json::from_str::<Message>(old).unwrap() {
+        Message::Setup(s) => assert!(s.mounts.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    let setup = Setup {
+        hostname: "h".into(),
+        lower: Lower::Bare,
+        upper: Upper::Tmpfs,
+        workspace: None,
+        mounts: vec![
+            Mount {
+                tag: "vol0".into(),
+                guest_path: "/data".into(),
+                read_only: true,
+                fs: ShareFs::NineP,
+            },
+            Mount {
+                tag: "vol1".into(),
+                guest_path: "/src".into(),
+                read_only: false,
+                fs: ShareFs::Virtiofs,
+            },
+        ],
+    };
+    let json = serde_json::to_value(Message::Setup(setup.clone())).unwrap();
+    assert_eq!(
+        json["mounts"][0],
+        serde_json::json!({"tag":"vol0","guest_path":"/data","read_only":true,"fs":"9p"})
+    );
+    assert_eq!(json["mounts"][1]["fs"], "virtiofs");
+    assert_eq!(
+        serde_json::from_value::<Message>(json).unwrap(),
+        Message::Setup(setup)
+    );
+}

@@ -17,9 +17,9 @@
 //!   `listen = false`, i.e. the guest connects and libkrun connects to the host's socket;
 //! - the console (hvc0) written to the VM's console log with `krun_set_console_output`.
 
-use super::{Backend, BackendError, BackendKind, Disk, VmConfig};
+use super::{Backend, BackendError, BackendKind, Disk, Share, VmConfig};
 use serde::{Deserialize, Serialize};
-use smolvm_protocol::VSOCK_PORT;
+use smolvm_protocol::{ShareFs, VSOCK_PORT};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -44,6 +44,7 @@ pub struct KrunConfig {
     pub initramfs: PathBuf,
     pub cmdline: String,
     pub disks: Vec<Disk>,
+    pub shares: Vec<Share>,
     pub vsock_port: u32,
     pub agent_socket: PathBuf,
     pub console_log: PathBuf,
@@ -59,6 +60,7 @@ impl KrunConfig {
             initramfs: cfg.boot.initramfs.clone(),
             cmdline: cfg.kernel_cmdline("hvc0", "k", "vsock", &["nomodule"]),
             disks: cfg.disks.clone(),
+            shares: cfg.shares.clone(),
             vsock_port: VSOCK_PORT,
             agent_socket: cfg.agent_socket.clone(),
             console_log: cfg.console_log.clone(),
@@ -78,6 +80,12 @@ impl Backend for Krun {
     /// `krun_add_disk` takes a path and nothing else.
     fn reads_in_place(&self) -> bool {
         false
+    }
+
+    /// libkrun's built-in virtio-fs server (`krun_add_virtiofs3`), read-only on the host
+    /// side when asked.
+    fn share_fs(&self) -> ShareFs {
+        ShareFs::Virtiofs
     }
 
     fn command(&self, cfg: &VmConfig) -> Result<Command, BackendError> {
@@ -173,6 +181,17 @@ fn run(config: &KrunConfig) -> Result<std::convert::Infallible, String> {
             ))
         })
         .collect::<Result<Vec<_>, String>>()?;
+    let shares = config
+        .shares
+        .iter()
+        .map(|s| {
+            Ok((
+                cstr("share tag", &s.tag)?,
+                path("shared directory", &s.host_path)?,
+                s.read_only,
+            ))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
 
     let level = if std::env::var_os("SMOLVM_KRUN_DEBUG").is_some() {
         4
@@ -205,6 +224,13 @@ fn run(config: &KrunConfig) -> Result<std::convert::Infallible, String> {
             check(
                 "krun_add_disk",
                 k::krun_add_disk(ctx, id.as_ptr(), p.as_ptr(), *ro),
+            )?;
+        }
+        // shm_size 0: no DAX window, as krun_add_virtiofs does.
+        for (tag, p, ro) in &shares {
+            check(
+                "krun_add_virtiofs3",
+                k::krun_add_virtiofs3(ctx, tag.as_ptr(), p.as_ptr(), 0, *ro),
             )?;
         }
         check(
@@ -245,6 +271,11 @@ mod tests {
         c.verbose_console = false;
         c.disks
             .push(Disk::file("root", "/c/root.sqfs".into(), true));
+        c.shares.push(Share {
+            tag: "smolvm.vol0".into(),
+            host_path: "/home/u/data".into(),
+            read_only: true,
+        });
         c
     }
 
@@ -302,6 +333,20 @@ mod tests {
             k.disks,
             vec![Disk::file("root", "/c/root.sqfs".into(), true)]
         );
+    }
+
+    #[test]
+    fn shares_reach_the_child_as_read_only_virtiofs() {
+        let k = KrunConfig::from_vm(&vm());
+        assert_eq!(
+            k.shares,
+            vec![Share {
+                tag: "smolvm.vol0".into(),
+                host_path: "/home/u/data".into(),
+                read_only: true,
+            }]
+        );
+        assert_eq!(Krun.share_fs(), ShareFs::Virtiofs);
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod krun;
 pub mod qemu;
 
 use crate::virt::{self, KvmUnusable};
+use smolvm_protocol::ShareFs;
 use std::fmt;
 use std::path::PathBuf;
 use std::process::Command;
@@ -73,6 +74,19 @@ impl Disk {
     }
 }
 
+/// A host directory the VMM serves to the guest (9p on qemu, virtio-fs on krun). The agent
+/// mounts it by `tag` where a [`smolvm_protocol::Mount`] says; [`crate::volume::shares`]
+/// makes both from volume specs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Share {
+    /// The device's tag in the guest (short, unique within the VM).
+    pub tag: String,
+    /// An existing directory, absolute and free of symlinks.
+    pub host_path: PathBuf,
+    /// The VMM refuses writes, whatever the guest does.
+    pub read_only: bool,
+}
+
 /// What a VM boots: the guest kernel (ELF `vmlinux`) and the agent's initramfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Boot {
@@ -87,6 +101,7 @@ pub struct VmConfig {
     pub memory_mib: u32,
     pub boot: Boot,
     pub disks: Vec<Disk>,
+    pub shares: Vec<Share>,
     /// The unix socket the host listens on; the VMM connects the agent's channel to it.
     pub agent_socket: PathBuf,
     /// Where the guest console (kernel messages, agent errors) is written.
@@ -123,6 +138,7 @@ impl VmConfig {
             memory_mib,
             boot,
             disks: Vec::new(),
+            shares: Vec::new(),
             agent_socket: run_dir.join("agent.sock"),
             console_log: run_dir.join("console.log"),
             run_dir,
@@ -178,6 +194,8 @@ pub trait Backend: Send + Sync {
     /// Whether a disk can be a byte range of a larger file ([`Disk::range`]); otherwise the
     /// range must be copied out to a file of its own first.
     fn reads_in_place(&self) -> bool;
+    /// How this backend serves [`Share`]s, which the agent needs to mount them.
+    fn share_fs(&self) -> ShareFs;
 }
 
 /// Why no backend can run.

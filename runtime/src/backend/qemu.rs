@@ -4,7 +4,7 @@
 //! unix socket the host already listens on, so there is no race and no polling for a socket.
 
 use super::{Backend, BackendError, BackendKind, VmConfig};
-use smolvm_protocol::VIRTIO_PORT_NAME;
+use smolvm_protocol::{ShareFs, VIRTIO_PORT_NAME};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -160,8 +160,37 @@ impl Qemu {
                 &format!("virtio-blk-device,drive=disk{i},serial={}", d.id),
             ]);
         }
+        for s in &cfg.shares {
+            push(&[
+                "-fsdev",
+                &fsdev(s),
+                "-device",
+                &format!("virtio-9p-device,fsdev={},mount_tag={}", s.tag, s.tag),
+            ]);
+        }
         a.into_iter().map(OsString::from).collect()
     }
+}
+
+/// A shared directory served over 9p by QEMU's `local` backend.
+///
+/// `security_model=none`: files are created and accessed as the user QEMU runs as, with the
+/// modes the guest asks for; ownership changes the host does not permit are ignored rather
+/// than failing. This works without root (`passthrough` needs root to chown) and keeps the
+/// files ordinary ones on the host (`mapped-xattr` would store the guest's owners and modes
+/// in xattrs and create files `0600` on the host). The guest sees the host's owners and
+/// modes, and can never reach more than the user running smolvm can.
+/// `multidevs=remap`: a directory holding other mounts keeps unique inode numbers.
+fn fsdev(s: &super::Share) -> String {
+    let mut opts = format!(
+        "local,id={},path={},security_model=none,multidevs=remap",
+        s.tag,
+        escape(&s.host_path)
+    );
+    if s.read_only {
+        opts.push_str(",readonly=on");
+    }
+    opts
 }
 
 impl Backend for Qemu {
@@ -181,6 +210,10 @@ impl Backend for Qemu {
         true
     }
 
+    fn share_fs(&self) -> ShareFs {
+        ShareFs::NineP
+    }
+
     fn command(&self, cfg: &VmConfig) -> Result<Command, BackendError> {
         let mut cmd = Command::new(&self.binary);
         cmd.args(self.args(cfg));
@@ -191,7 +224,7 @@ impl Backend for Qemu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Boot, Disk};
+    use crate::backend::{Boot, Disk, Share};
 
     fn config() -> VmConfig {
         let boot = Boot {
@@ -210,6 +243,18 @@ mod tests {
         });
         c.disks
             .push(Disk::file("storage", "/m/storage.img".into(), false));
+        c.shares = vec![
+            Share {
+                tag: "smolvm.vol0".into(),
+                host_path: "/home/u/src,v2".into(),
+                read_only: false,
+            },
+            Share {
+                tag: "smolvm.vol1".into(),
+                host_path: "/data".into(),
+                read_only: true,
+            },
+        ];
         c
     }
 
@@ -315,5 +360,29 @@ mod tests {
         );
         assert_eq!(value_of(&a, "-smp"), ["2"]);
         assert_eq!(value_of(&a, "-m"), ["512M"]);
+    }
+
+    #[test]
+    fn shares_are_9p_devices_rootless_and_read_only_when_asked() {
+        let a = args(false);
+        assert_eq!(
+            value_of(&a, "-fsdev"),
+            [
+                "local,id=smolvm.vol0,path=/home/u/src,,v2,security_model=none,multidevs=remap",
+                "local,id=smolvm.vol1,path=/data,security_model=none,multidevs=remap,readonly=on"
+            ]
+        );
+        let devices: Vec<&str> = value_of(&a, "-device")
+            .into_iter()
+            .filter(|d| d.starts_with("virtio-9p-device"))
+            .collect();
+        assert_eq!(
+            devices,
+            [
+                "virtio-9p-device,fsdev=smolvm.vol0,mount_tag=smolvm.vol0",
+                "virtio-9p-device,fsdev=smolvm.vol1,mount_tag=smolvm.vol1"
+            ]
+        );
+        assert_eq!(Qemu::new("qemu".into(), false).share_fs(), ShareFs::NineP);
     }
 }

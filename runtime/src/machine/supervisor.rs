@@ -109,6 +109,7 @@ async fn run(dir: &MachineDir, report: &mut dyn FnMut(&str)) -> Result<(), Strin
         memory_mib: spec.memory_mib,
         boot: spec.boot(),
         disks,
+        shares: Vec::new(),
     };
     let vm = Vm::boot(&vm_spec).await.map_err(|e| e.to_string())?;
     let setup = Setup {
@@ -124,6 +125,7 @@ async fn run(dir: &MachineDir, report: &mut dyn FnMut(&str)) -> Result<(), Strin
             serial: OVERLAY_SERIAL.into(),
         },
         workspace: Some(STORAGE_SERIAL.into()),
+        mounts: Vec::new(),
     };
     if let Err(e) = vm.agent().setup(setup).await {
         vm.shutdown().await;
