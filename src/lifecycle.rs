@@ -169,7 +169,7 @@ pub fn create(a: CreateArgs) -> anyhow::Result<i32> {
     let volumes = a
         .volume
         .iter()
-        .map(|v| smolfile::Volume::parse(v, &std::env::current_dir()?).map_err(anyhow::Error::msg))
+        .map(|v| smolvm_runtime::volume::parse_flag(v).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let overrides = Overrides {
         image: a.image,
@@ -186,9 +186,11 @@ pub fn create(a: CreateArgs) -> anyhow::Result<i32> {
     };
     let rt = crate::runtime()?;
     let base = smolfile::merge(Purpose::Create, smolfile.as_ref(), &overrides, None);
-    if !base.volumes.is_empty() || !base.ports.is_empty() || base.net {
-        bail!("volumes, ports and networking are not available for machines in this build yet");
+    if !base.ports.is_empty() || base.net {
+        bail!("ports and networking are not available for machines in this build yet");
     }
+    // Checked now (they must be directories), kept as absolute paths for every start.
+    smolvm_runtime::volume::shares(&base.volumes, smolvm_protocol::ShareFs::NineP)?;
 
     if let Some(from) = &a.from {
         let pack = smolvm_stub::locate(from)?;
@@ -303,6 +305,7 @@ pub fn create(a: CreateArgs) -> anyhow::Result<i32> {
         user: None,
         health: None,
         restart: Default::default(),
+        volumes: vec![],
     };
     apply_effective(&mut spec, &eff);
     dir.write_spec(&spec)?;
@@ -330,6 +333,15 @@ fn check_resources(cpus: u32, memory_mib: u32) -> anyhow::Result<()> {
 
 /// The settings a Smolfile and flags decide for a machine's commands.
 fn apply_effective(spec: &mut MachineSpec, eff: &smolfile::Effective) {
+    spec.volumes = eff
+        .volumes
+        .iter()
+        .map(|v| {
+            let host = v.host.canonicalize().unwrap_or_else(|_| v.host.clone());
+            let ro = if v.read_only { ":ro" } else { "" };
+            format!("{}:{}{ro}", host.display(), v.guest)
+        })
+        .collect();
     spec.init = eff.init.clone();
     spec.env = eff.env.clone();
     spec.workdir = eff.workdir.clone();

@@ -483,7 +483,7 @@ max_backoff = "1s"
 }
 
 #[test]
-fn cp_moves_files_and_trees_through_a_machine_and_an_interrupted_copy_changes_nothing() {
+fn cp_and_volumes_move_files_through_a_machine_and_an_interrupted_copy_changes_nothing() {
     use sha2::{Digest, Sha256};
     let hex = |bytes: &[u8]| -> String {
         Sha256::digest(bytes)
@@ -492,10 +492,53 @@ fn cp_moves_files_and_trees_through_a_machine_and_an_interrupted_copy_changes_no
             .collect()
     };
     let home = Home::new();
-    let mut create = vec!["machine", "create", "cpbox"];
+    let shared = home.dir.path().join("shared");
+    let ro = home.dir.path().join("ro");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(ro.join("r"), "read me").unwrap();
+    let (v_rw, v_ro) = (
+        format!("{}:/shared", shared.display()),
+        format!("{}:/ro:ro", ro.display()),
+    );
+    let mut create = vec!["machine", "create", "cpbox", "-v", &v_rw, "-v", &v_ro];
     create.extend(SMALL);
     home.ok(&create);
     home.ok(&["machine", "start", "-n", "cpbox"]);
+    // Volumes: live both ways, read-only enforced.
+    home.ok(&[
+        "machine",
+        "exec",
+        "-n",
+        "cpbox",
+        "--",
+        "sh",
+        "-c",
+        "echo from-guest > /shared/g",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(shared.join("g")).unwrap(),
+        "from-guest\n"
+    );
+    std::fs::write(shared.join("h"), "from-host").unwrap();
+    let seen = home.cmd(&[
+        "machine",
+        "exec",
+        "-n",
+        "cpbox",
+        "--",
+        "sh",
+        "-c",
+        "cat /shared/h /ro/r; echo; touch /ro/x",
+    ]);
+    assert_ne!(code(&seen), Some(0));
+    assert_eq!(stdout(&seen), "from-hostread me\n");
+    assert!(
+        stderr(&seen).contains("Read-only file system"),
+        "{}",
+        stderr(&seen)
+    );
+    assert!(!ro.join("x").exists());
     let host = home.dir.path().join("files");
     std::fs::create_dir_all(host.join("tree/sub")).unwrap();
     // 64 MiB of incompressible data (the engine's own test moves 200 MB both ways).

@@ -383,6 +383,7 @@ impl App {
             user: run.user.clone(),
             health: self.pack.manifest().health.clone(),
             restart: Default::default(),
+            volumes: vec![],
         })
     }
 

@@ -70,6 +70,9 @@ pub struct MachineSpec {
     pub health: Option<HealthCheck>,
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// Host directories shared live, `HOST:GUEST[:ro]` with an absolute host path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
 }
 
 /// A Smolfile's `[health]` as machines and packs store it.

@@ -103,13 +103,21 @@ async fn run(dir: &MachineDir, report: &mut dyn FnMut(&str)) -> Result<(), Strin
     let mut disks: Vec<Disk> = spec.rootfs.iter().cloned().collect();
     disks.push(Disk::file(OVERLAY_SERIAL, dir.overlay_disk(), false));
     disks.push(Disk::file(STORAGE_SERIAL, dir.storage_disk(), false));
+    let volumes = spec
+        .volumes
+        .iter()
+        .map(|v| smolfile::Volume::parse(v, std::path::Path::new("/")))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the machine's volumes: {e}"))?;
+    let (shares, mounts) =
+        crate::volume::shares(&volumes, backend.share_fs()).map_err(|e| e.to_string())?;
     let vm_spec = VmSpec {
         backend,
         cpus: spec.cpus,
         memory_mib: spec.memory_mib,
         boot: spec.boot(),
         disks,
-        shares: Vec::new(),
+        shares,
     };
     let vm = Vm::boot(&vm_spec).await.map_err(|e| e.to_string())?;
     let setup = Setup {
@@ -125,7 +133,7 @@ async fn run(dir: &MachineDir, report: &mut dyn FnMut(&str)) -> Result<(), Strin
             serial: OVERLAY_SERIAL.into(),
         },
         workspace: Some(STORAGE_SERIAL.into()),
-        mounts: Vec::new(),
+        mounts,
     };
     if let Err(e) = vm.agent().setup(setup).await {
         vm.shutdown().await;
