@@ -669,17 +669,20 @@ fn assemble(
         .as_file()
         .try_clone()
         .map_err(io_error("create a temp file in", dir))?;
-    let mut out = HashingWriter {
-        inner: io::BufWriter::with_capacity(1 << 20, file),
-        hasher: Sha256::new(),
-        written: 0,
+    let mut out = io::BufWriter::with_capacity(1 << 20, file);
+    let mut hasher = Sha256::new();
+    let mut found_size = 0u64;
+    let mut put = |bytes: &[u8]| -> io::Result<()> {
+        hasher.update(bytes);
+        found_size += bytes.len() as u64;
+        out.write_all(bytes)
     };
-    let write_err = io_error("write", dest);
     let zeros = [0u8; ALIGN as usize];
+    let mut buf = vec![0; 1 << 20];
     let gaps: Vec<_> = layout.gaps().collect();
     let result = (|| -> io::Result<()> {
         for (i, (from, to)) in gaps.iter().enumerate() {
-            out.write_all(&zeros[..(to - from) as usize])?;
+            put(&zeros[..(to - from) as usize])?;
             let Some(section) = layout.sections.get(i) else {
                 break;
             };
@@ -687,18 +690,21 @@ fn assemble(
                 .iter()
                 .find(|(kind, _)| *kind == section.kind)
                 .expect("pulled_layout paired every section with its layer");
-            io::copy(&mut File::open(blob)?, &mut out)?;
+            let mut blob = File::open(blob)?;
+            loop {
+                match blob.read(&mut buf)? {
+                    0 => break,
+                    n => put(&buf[..n])?,
+                }
+            }
         }
-        out.write_all(&layout.manifest)?;
-        out.write_all(&layout.footer)?;
-        out.inner.flush()
+        put(&layout.manifest)?;
+        put(&layout.footer)
     })();
-    result.map_err(write_err)?;
-    let HashingWriter {
-        hasher,
-        written: found_size,
-        ..
-    } = out;
+    result
+        .and_then(|()| out.flush())
+        .map_err(io_error("write", dest))?;
+    drop(out);
     let found = Digest::from_hasher(hasher);
     if &found != expected || found_size != layout.payload_len {
         return Err(DistributeError::Mismatch {
@@ -722,24 +728,4 @@ fn assemble(
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_error("sync the directory of", dest))
-}
-
-/// Hashes and counts what goes through it.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    written: u64,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }

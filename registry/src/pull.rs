@@ -1,6 +1,7 @@
-//! Pulling an image into the blob cache: resolve the reference to a manifest (picking the
-//! requested platform from an index), then stream the config and layers to files, each
-//! checked against its descriptor's digest and size before it enters the cache.
+//! Pulling an image (or any OCI artifact) into the blob cache: resolve the reference to a
+//! manifest (picking the requested platform from an index), then stream the config and
+//! layers to files, each checked against its descriptor's digest and size before it enters
+//! the cache.
 //!
 //! Transfers retry transient failures (connection errors, 5xx, 429, a read gap longer than
 //! [`PullOptions::read_gap_timeout`]) with exponential backoff; a broken blob download
@@ -159,7 +160,8 @@ pub struct Transfer {
 /// What a pull reports as it goes. Digests identify blobs; sizes are bytes.
 #[derive(Debug, Clone, Copy)]
 pub enum Event<'a> {
-    /// The blob is already cached: nothing to download.
+    /// The blob is already where it is going: in the cache (a pull) or in the repository
+    /// (a push). Nothing is transferred.
     Cached {
         /// The blob.
         digest: &'a Digest,
