@@ -57,6 +57,7 @@ async fn main() {
         memory_mib: 512,
         boot: assets.boot(),
         disks: vec![],
+        shares: vec![],
     })
     .await
     .unwrap();
@@ -67,6 +68,7 @@ async fn main() {
             lower: Lower::Bare,
             upper: Upper::Tmpfs,
             workspace: None,
+            mounts: vec![],
         })
         .await
         .unwrap();

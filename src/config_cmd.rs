@@ -80,7 +80,11 @@ fn edit(path: &Path) -> anyhow::Result<i32> {
         }
         match Config::validate(&draft) {
             Ok(_) => {
-                std::fs::rename(&draft, path)
+                // The editor wrote the draft; make it durable before it replaces the config.
+                std::fs::File::open(&draft)
+                    .and_then(|f| f.sync_all())
+                    .and_then(|()| std::fs::rename(&draft, path))
+                    .and_then(|()| std::fs::File::open(dir)?.sync_all())
                     .with_context(|| format!("saving {}", path.display()))?;
                 eprintln!("saved {}", path.display());
                 return Ok(0);

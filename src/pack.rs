@@ -1,27 +1,36 @@
-//! `smolvm pack ...`: make packed executables, run and inspect packs, prune their cache.
+//! `smolvm pack ...`: make packed executables, run and inspect packs, push and pull them
+//! through OCI registries, prune their cache.
 
 use crate::image::{self, Pull};
+use crate::progress::PullProgress;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use smolfile::{Overrides, Purpose, Smolfile};
+use smolvm_pack::distribute;
 use smolvm_pack::format::{
     self, Compression, ImageInfo, Manifest, Network, Resources, RunConfig, SectionInput,
     SectionKind, SectionSource, write_pack,
 };
 use smolvm_pack::sections::SectionCache;
 use smolvm_pack::stub;
+use smolvm_registry::{BlobCache, Config, PullOptions, PullPolicy, Puller, Reference};
 use smolvm_runtime::GuestAssets;
 use smolvm_runtime::attach;
 use smolvm_stub::{App, HOST_PLATFORM, RunOptions};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Subcommand)]
 pub enum PackCommand {
     /// Pack an image (or a Smolfile) into an executable that boots it as a microVM
     Create(Box<CreateArgs>),
-    /// Run a command in an ephemeral VM from a .smolmachine file
+    /// Run a command in an ephemeral VM from a .smolmachine file or a pushed pack
     Run(RunArgs),
+    /// Push a .smolmachine to an OCI registry (merged into the tag's per-platform index)
+    Push(PushArgs),
+    /// Pull a pushed pack: the identical .smolmachine, and with -o the executable too
+    Pull(PullArgs),
     /// Show what a .smolmachine (or a packed executable) holds
     Inspect {
         /// The .smolmachine file or packed executable
@@ -85,10 +94,54 @@ pub struct CreateArgs {
 }
 
 #[derive(Args)]
-pub struct RunArgs {
-    /// The .smolmachine file to run
+pub struct PushArgs {
+    /// The .smolmachine to push (or a packed executable: its pack is pushed)
+    file: PathBuf,
+    /// Where to: [REGISTRY/][NAMESPACE/]NAME[:TAG] (TAG defaults to latest)
+    reference: String,
+    /// Print a JSON summary on stdout
+    #[arg(long)]
+    json: bool,
+    /// No progress output
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// The pack: [REGISTRY/][NAMESPACE/]NAME[:TAG][@sha256:DIGEST]
+    reference: String,
+    /// Write the executable PATH and its pack PATH.smolmachine [default: ./NAME.smolmachine only]
+    #[arg(short, long, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// The guest platform to take from the tag's index (default: this host's)
+    #[arg(long, value_name = "OS/ARCH", value_parser = smolfile::Platform::parse)]
+    platform: Option<smolfile::Platform>,
+    /// The stub executable to write with -o [default: smolvm-stub next to smolvm]
     #[arg(long, value_name = "PATH")]
-    sidecar: PathBuf,
+    stub: Option<PathBuf>,
+    /// Print a JSON summary on stdout
+    #[arg(long)]
+    json: bool,
+    /// No progress output
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// A .smolmachine file, or a pushed pack's reference (pulled into the cache)
+    #[arg(value_name = "FILE|REF")]
+    pack: String,
+    /// The guest platform to take from a reference's index (default: this host's)
+    #[arg(long, value_name = "OS/ARCH", value_parser = smolfile::Platform::parse)]
+    platform: Option<smolfile::Platform>,
+    /// When to ask the registry what a reference's tag points to
+    #[arg(long, value_enum, default_value = "missing")]
+    pull: Pull,
+    /// No progress output
+    #[arg(short, long)]
+    quiet: bool,
     /// Keep stdin open and forward it to the command
     #[arg(short, long)]
     interactive: bool,
@@ -116,6 +169,8 @@ pub fn dispatch(cmd: PackCommand) -> anyhow::Result<i32> {
     match cmd {
         PackCommand::Create(args) => create(*args),
         PackCommand::Run(args) => run(args),
+        PackCommand::Push(args) => push(args),
+        PackCommand::Pull(args) => pull(args),
         PackCommand::Inspect { file, json } => {
             let pack = smolvm_stub::locate(&file).or_else(|_| {
                 format::Pack::open(&file).map_err(|source| smolvm_stub::AppError::Format {
@@ -155,13 +210,27 @@ pub fn dispatch(cmd: PackCommand) -> anyhow::Result<i32> {
 
 fn run(a: RunArgs) -> anyhow::Result<i32> {
     attach::check_tty_flags(a.interactive, a.tty).map_err(anyhow::Error::msg)?;
-    let pack = format::Pack::open(&a.sidecar)
-        .with_context(|| format!("opening {}", a.sidecar.display()))?;
-    let name = a
-        .sidecar
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let rt = crate::runtime()?;
+    let (path, name) = if Path::new(&a.pack).exists() {
+        let path = PathBuf::from(&a.pack);
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        (path, name.unwrap_or_default())
+    } else {
+        let config = Config::load_default()?;
+        let reference = config
+            .parse_reference(&a.pack)
+            .map_err(|e| anyhow::anyhow!("{} is no file, and {e}", a.pack))?;
+        let pulled = rt.block_on(pull_pack_into(
+            config,
+            &reference,
+            None,
+            a.platform,
+            a.pull.into(),
+            a.quiet,
+        ))?;
+        (pulled.path, repository_name(&reference))
+    };
+    let pack = format::Pack::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let app = App::new(pack, name)?;
     let opts = RunOptions {
         env: attach::env_flags(&a.env, a.tty).map_err(anyhow::Error::msg)?,
@@ -173,7 +242,6 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         volumes: a.volumes,
         ..Default::default()
     };
-    let rt = crate::runtime()?;
     let outcome = rt.block_on(app.run(opts))?;
     rt.shutdown_background();
     attach::report(&outcome, a.timeout);
@@ -182,23 +250,8 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
 
 fn create(a: CreateArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
-    if a.output.extension().is_some_and(|e| e == "smolmachine") {
-        bail!(
-            "-o names the executable to write, and the pack goes next to it as PATH.smolmachine: use -o {}",
-            a.output.with_extension("").display()
-        );
-    }
-    let stub_path = match &a.stub {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("smolvm-stub"),
-    };
-    if !stub_path.exists() {
-        bail!(
-            "the stub {} is missing: reinstall with ./scripts/setup, or pass --stub PATH",
-            stub_path.display()
-        );
-    }
-    let stub = stub::read_stub(&stub_path)?;
+    check_output(&a.output)?;
+    let stub = load_stub(a.stub.as_deref())?;
     let assets = GuestAssets::locate()?;
     let smolfile = match &a.smolfile {
         Some(path) => {
@@ -352,6 +405,163 @@ fn create(a: CreateArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// The stub executables are written with: `--stub PATH`, else `smolvm-stub` next to smolvm.
+fn load_stub(path: Option<&Path>) -> anyhow::Result<stub::Stub> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()?.with_file_name("smolvm-stub"),
+    };
+    if !path.exists() {
+        bail!(
+            "the stub {} is missing: reinstall with ./scripts/setup, or pass --stub PATH",
+            path.display()
+        );
+    }
+    Ok(stub::read_stub(&path)?)
+}
+
+/// `-o` names the executable; its pack goes next to it as PATH.smolmachine.
+fn check_output(output: &Path) -> anyhow::Result<()> {
+    if output.extension().is_some_and(|e| e == "smolmachine") {
+        bail!(
+            "-o names the executable to write, and the pack goes next to it as PATH.smolmachine: use -o {}",
+            output.with_extension("").display()
+        );
+    }
+    Ok(())
+}
+
+fn push(a: PushArgs) -> anyhow::Result<i32> {
+    let config = Config::load_default()?;
+    let reference = config.parse_reference(&a.reference)?;
+    let progress = Arc::new(PullProgress::new(a.quiet));
+    let rt = crate::runtime()?;
+    let pushed = rt.block_on(distribute::push_pack(
+        &config, &a.file, &reference, progress,
+    ))?;
+    if a.json {
+        let summary = serde_json::json!({
+            "reference": pushed.reference.to_string(),
+            "index_digest": pushed.index_digest.as_str(),
+            "manifest_digest": pushed.manifest_digest.as_str(),
+            "digest": pushed.pack_digest.as_str(),
+            "size": pushed.size,
+            "platform": pushed.platform,
+            "blobs_uploaded": pushed.blobs_uploaded,
+            "blobs_present": pushed.blobs_present,
+            "bytes_uploaded": pushed.bytes_uploaded,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        eprintln!(
+            "pushed {} ({}, {} KiB) to {}@{}: {} blobs uploaded ({} KiB), {} already there",
+            a.file.display(),
+            pushed.platform,
+            pushed.size >> 10,
+            pushed.reference,
+            pushed.index_digest,
+            pushed.blobs_uploaded,
+            pushed.bytes_uploaded >> 10,
+            pushed.blobs_present
+        );
+    }
+    Ok(0)
+}
+
+fn pull(a: PullArgs) -> anyhow::Result<i32> {
+    let config = Config::load_default()?;
+    let reference = config.parse_reference(&a.reference)?;
+    let (sidecar, stub) = match &a.output {
+        Some(output) => {
+            check_output(output)?;
+            (sidecar_path(output), Some(load_stub(a.stub.as_deref())?))
+        }
+        None => (
+            PathBuf::from(format!("{}.smolmachine", repository_name(&reference))),
+            None,
+        ),
+    };
+    let rt = crate::runtime()?;
+    let pulled = rt.block_on(pull_pack_into(
+        config,
+        &reference,
+        Some(&sidecar),
+        a.platform,
+        PullPolicy::Always,
+        a.quiet,
+    ))?;
+    if let (Some(stub), Some(output)) = (&stub, &a.output) {
+        stub::write_executable(stub, None, output)?;
+    }
+    let t = &pulled.transfer;
+    if a.json {
+        let summary = serde_json::json!({
+            "reference": pulled.reference.to_string(),
+            "path": pulled.path,
+            "executable": a.output,
+            "digest": pulled.digest.as_str(),
+            "size": pulled.size,
+            "platform": pulled.platform,
+            "manifest_digest": pulled.manifest_digest.as_str(),
+            "index_digest": pulled.index_digest.as_ref().map(|d| d.as_str()),
+            "blobs_downloaded": t.blobs_downloaded,
+            "blobs_cached": t.blobs_cached,
+            "bytes_downloaded": t.bytes_downloaded,
+            "resumed": t.resumed,
+            "retries": t.retries,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        let exe = match &a.output {
+            Some(o) => format!("{} and ", o.display()),
+            None => String::new(),
+        };
+        eprintln!(
+            "pulled {} ({}): wrote {exe}{} ({} KiB, {}); {} blobs downloaded ({} KiB), {} cached",
+            pulled.reference,
+            pulled.platform,
+            pulled.path.display(),
+            pulled.size >> 10,
+            pulled.digest,
+            t.blobs_downloaded,
+            t.bytes_downloaded >> 10,
+            t.blobs_cached
+        );
+    }
+    Ok(0)
+}
+
+/// Pulls a pack to `dest` (the cache with `None`) with progress bars.
+async fn pull_pack_into(
+    config: Config,
+    reference: &Reference,
+    dest: Option<&Path>,
+    platform: Option<smolfile::Platform>,
+    policy: PullPolicy,
+    quiet: bool,
+) -> anyhow::Result<distribute::PulledPack> {
+    let mut options = PullOptions {
+        policy,
+        ..Default::default()
+    };
+    if let Some(p) = platform {
+        options.platform = p;
+    }
+    let puller = Puller::new(config, BlobCache::open_default()?, options);
+    let progress = Arc::new(PullProgress::new(quiet));
+    Ok(distribute::pull_pack(&puller, reference, dest, progress).await?)
+}
+
+/// The last component of a reference's repository (`acme/py` → `py`): a pulled pack's name.
+fn repository_name(reference: &Reference) -> String {
+    let repository = reference.repository();
+    repository
+        .rsplit('/')
+        .next()
+        .unwrap_or(repository)
+        .to_owned()
 }
 
 fn sidecar_path(exe: &Path) -> PathBuf {

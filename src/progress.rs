@@ -1,4 +1,4 @@
-//! Progress display for pulls and builds: bars on a terminal, nothing otherwise.
+//! Progress display for pulls, pushes and builds: bars on a terminal, nothing otherwise.
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use smolvm_registry::Event;

@@ -103,6 +103,7 @@ async fn copies_both_ways_in_one_vm() {
         memory_mib: 512,
         boot: assets.boot(),
         disks: vec![],
+        shares: vec![],
     })
     .await
     .unwrap();
@@ -113,6 +114,7 @@ async fn copies_both_ways_in_one_vm() {
             lower: Lower::Bare,
             upper: Upper::Tmpfs,
             workspace: None,
+            mounts: vec![],
         })
         .await
         .unwrap();

@@ -5,6 +5,8 @@
 //!   devices, hardlinks and xattrs without privileges. See [`rootfs`].
 //! - [`image::ImageStore`] pulls an image and keeps its root filesystem by manifest digest,
 //!   so the second run of an image does no work but a digest check.
+//! - [`distribute`] pushes packs to OCI registries as artifacts and pulls them back byte
+//!   for byte ([`distribute::pull_pack`]).
 //! - [`stub`] reads the stub executable packs are appended to, and writes packed executables.
 //!
 //! The `.smolmachine` format itself and the section cache live in the small
@@ -19,6 +21,7 @@ pub use smolvm_pack_format as format;
 /// The section cache (from `smolvm-pack-format`).
 pub use smolvm_pack_format::cache as sections;
 
+pub mod distribute;
 pub mod image;
 pub mod rootfs;
 pub mod stub;

@@ -33,7 +33,8 @@ impl Digest {
         Digest::from_hasher(Sha256::new_with_prefix(bytes))
     }
 
-    pub(crate) fn from_hasher(hasher: Sha256) -> Digest {
+    /// The digest a SHA-256 hasher has computed (for data hashed as it streams).
+    pub fn from_hasher(hasher: Sha256) -> Digest {
         Digest(format!("{PREFIX}{}", hex::encode(hasher.finalize())))
     }
 

@@ -35,9 +35,9 @@ pub use digest::{Digest, DigestError};
 /// The OCI image types this crate returns (`ImageConfiguration` and friends).
 pub use oci_spec::image as oci;
 pub use pull::{
-    Event, Layer, Progress, PullOptions, PullPolicy, PulledImage, Puller, RegistryError, Transfer,
-    host_platform,
+    Event, Layer, Progress, PullOptions, PullPolicy, PulledArtifact, PulledImage, Puller,
+    RegistryError, Transfer, host_platform,
 };
-pub use push::Pusher;
+pub use push::{Blob, BlobSource, Pushed, Pusher};
 pub use reference::{Reference, ReferenceError};
 pub use smolfile::Platform;

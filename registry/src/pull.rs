@@ -1,6 +1,7 @@
-//! Pulling an image into the blob cache: resolve the reference to a manifest (picking the
-//! requested platform from an index), then stream the config and layers to files, each
-//! checked against its descriptor's digest and size before it enters the cache.
+//! Pulling an image (or any OCI artifact) into the blob cache: resolve the reference to a
+//! manifest (picking the requested platform from an index), then stream the config and
+//! layers to files, each checked against its descriptor's digest and size before it enters
+//! the cache.
 //!
 //! Transfers retry transient failures (connection errors, 5xx, 429, a read gap longer than
 //! [`PullOptions::read_gap_timeout`]) with exponential backoff; a broken blob download
@@ -108,6 +109,26 @@ pub struct PulledImage {
     pub transfer: Transfer,
 }
 
+/// A pulled manifest and every blob it names, in the cache and verified: what
+/// [`Puller::pull_artifact`] returns for any OCI artifact (an image, a `.smolmachine`).
+#[derive(Debug, Clone)]
+pub struct PulledArtifact {
+    /// The reference as requested (normalised).
+    pub reference: Reference,
+    /// The platform image manifest's digest (what the config and layers hang off).
+    pub manifest_digest: Digest,
+    /// The index the reference named, when it named a multi-platform one.
+    pub index_digest: Option<Digest>,
+    /// The manifest (its `artifact_type()` and `annotations()` included).
+    pub manifest: ImageManifest,
+    /// The config blob.
+    pub config: Layer,
+    /// The layers, in manifest order.
+    pub layers: Vec<Layer>,
+    /// What this pull transferred.
+    pub transfer: Transfer,
+}
+
 /// One layer blob in the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layer {
@@ -139,7 +160,8 @@ pub struct Transfer {
 /// What a pull reports as it goes. Digests identify blobs; sizes are bytes.
 #[derive(Debug, Clone, Copy)]
 pub enum Event<'a> {
-    /// The blob is already cached: nothing to download.
+    /// The blob is already where it is going: in the cache (a pull) or in the repository
+    /// (a push). Nothing is transferred.
     Cached {
         /// The blob.
         digest: &'a Digest,
@@ -267,6 +289,25 @@ pub enum RegistryError {
         /// The last failure.
         reason: String,
     },
+    /// An upload failed (pushes make one attempt: run the push again, it skips what the
+    /// registry already has).
+    #[error("uploading {what} to {registry} failed: {reason}; run the push again to continue")]
+    UploadFailed {
+        /// The registry.
+        registry: String,
+        /// What was being uploaded.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// A file to upload could not be read.
+    #[error("cannot read {} to upload it: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The registry answered with an error this crate does not retry.
     #[error("registry {registry}: {detail}")]
     Server {
@@ -296,6 +337,17 @@ pub enum RegistryError {
         digest: Digest,
         /// What is wrong.
         detail: String,
+    },
+    /// The manifest is an artifact of another type than the one asked for (or an image
+    /// where an artifact was expected, or the other way round).
+    #[error("{reference} is {found}, not {expected}")]
+    WrongArtifactType {
+        /// The reference.
+        reference: String,
+        /// What was asked for.
+        expected: String,
+        /// What the manifest is (`an image`, `an artifact of type ...`).
+        found: String,
     },
     /// The image config blob is not a valid image config.
     #[error("image config {digest}: {detail}")]
@@ -380,21 +432,55 @@ impl Puller {
         &self.inner.cache
     }
 
-    /// Pulls `image`. With a `mirror` configured for its registry the mirror is tried first
-    /// and the registry itself on any failure, as docker does.
+    /// Pulls the image `image`. With a `mirror` configured for its registry the mirror is
+    /// tried first and the registry itself on any failure, as docker does.
     pub async fn pull(
         &self,
         image: &Reference,
         progress: Arc<dyn Progress>,
     ) -> Result<PulledImage, RegistryError> {
+        let pulled = self.pull_artifact(image, None, progress).await?;
+        let config_bytes = self.cache().read_verified(&pulled.config.digest)?;
+        let config = serde_json::from_slice::<ImageConfiguration>(&config_bytes).map_err(|e| {
+            RegistryError::BadConfig {
+                digest: pulled.config.digest.clone(),
+                detail: e.to_string(),
+            }
+        })?;
+        Ok(PulledImage {
+            reference: pulled.reference,
+            manifest_digest: pulled.manifest_digest,
+            index_digest: pulled.index_digest,
+            config_digest: pulled.config.digest,
+            config,
+            layers: pulled.layers,
+            transfer: pulled.transfer,
+        })
+    }
+
+    /// Pulls the manifest `image` names (for this puller's platform when it names an index)
+    /// and every blob of it. `artifact_type` is the manifest's `artifactType` to insist on,
+    /// `None` for a container image (a manifest without one); a mismatch is refused before
+    /// any blob is fetched. Mirrors are used as in [`Puller::pull`].
+    pub async fn pull_artifact(
+        &self,
+        image: &Reference,
+        artifact_type: Option<&str>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<PulledArtifact, RegistryError> {
         let registry = image.registry();
         let Some(mirror) = self.inner.config.registry(registry).mirror else {
-            return self.pull_from(image, registry, progress).await;
+            return self
+                .pull_from(image, registry, artifact_type, progress)
+                .await;
         };
-        match self.pull_from(image, &mirror, progress.clone()).await {
+        match self
+            .pull_from(image, &mirror, artifact_type, progress.clone())
+            .await
+        {
             Ok(pulled) => Ok(pulled),
             Err(mirror_error) => self
-                .pull_from(image, registry, progress)
+                .pull_from(image, registry, artifact_type, progress)
                 .await
                 .map_err(|error| RegistryError::Mirror {
                     mirror,
@@ -409,8 +495,9 @@ impl Puller {
         &self,
         image: &Reference,
         registry: &str,
+        artifact_type: Option<&str>,
         progress: Arc<dyn Progress>,
-    ) -> Result<PulledImage, RegistryError> {
+    ) -> Result<PulledArtifact, RegistryError> {
         let options = &self.inner.options;
         let endpoint = Endpoint::new(
             &self.inner.config,
@@ -427,7 +514,7 @@ impl Puller {
             progress,
             stats: Stats::default(),
         });
-        job.run().await
+        job.run(artifact_type).await
     }
 }
 
@@ -440,7 +527,10 @@ impl Job {
         self.inner.options.policy
     }
 
-    async fn run(self: &Arc<Self>) -> Result<PulledImage, RegistryError> {
+    async fn run(
+        self: &Arc<Self>,
+        artifact_type: Option<&str>,
+    ) -> Result<PulledArtifact, RegistryError> {
         let top = self.resolve().await?;
         let (manifest_digest, manifest, index_digest) = match self.manifest(&top).await? {
             Manifest::Image(manifest) => (top, manifest, None),
@@ -456,46 +546,50 @@ impl Job {
                 }
             }
         };
+        let found = manifest.artifact_type().as_ref().map(|t| t.to_string());
+        if found.as_deref() != artifact_type {
+            let describe = |t: Option<&str>| match t {
+                Some(t) => format!("an artifact of type {t}"),
+                None => "a container image".to_owned(),
+            };
+            return Err(RegistryError::WrongArtifactType {
+                reference: self.image.to_string(),
+                expected: describe(artifact_type),
+                found: describe(found.as_deref()),
+            });
+        }
         if let (Some(_), None) = (self.image.tag(), self.image.digest()) {
             let top = index_digest.as_ref().unwrap_or(&manifest_digest);
             self.cache().record_tag(&self.image.to_string(), top)?;
         }
 
-        let config_blob = descriptor_blob(manifest.config())?;
-        let layer_blobs = manifest
-            .layers()
-            .iter()
-            .map(descriptor_blob)
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut blobs = vec![config_blob.clone()];
-        blobs.extend(layer_blobs.iter().cloned());
-        let paths = self.fetch_all(blobs).await?;
-
-        let config_bytes = self.cache().read_verified(&config_blob.digest)?;
-        let config = serde_json::from_slice::<ImageConfiguration>(&config_bytes).map_err(|e| {
-            RegistryError::BadConfig {
-                digest: config_blob.digest.clone(),
-                detail: e.to_string(),
+        let mut blobs = vec![descriptor_blob(manifest.config())?];
+        for layer in manifest.layers() {
+            blobs.push(descriptor_blob(layer)?);
+        }
+        // A blob named twice (two identical layers) is fetched once.
+        let mut unique: Vec<Blob> = Vec::new();
+        for blob in &blobs {
+            if !unique.iter().any(|b| b.digest == blob.digest) {
+                unique.push(blob.clone());
             }
-        })?;
-        let layers = layer_blobs
-            .into_iter()
-            .zip(paths.into_iter().skip(1))
-            .map(|(blob, path)| Layer {
-                digest: blob.digest,
-                media_type: blob.media_type,
-                path,
-                size: blob.size,
-            })
-            .collect();
+        }
+        self.fetch_all(unique).await?;
+        let mut layers = blobs.into_iter().map(|blob| Layer {
+            path: self.cache().blob_path(&blob.digest),
+            digest: blob.digest,
+            media_type: blob.media_type,
+            size: blob.size,
+        });
+        let config = layers.next().expect("the config blob is first");
         let stats = &self.stats;
-        Ok(PulledImage {
+        Ok(PulledArtifact {
             reference: self.image.clone(),
             manifest_digest,
             index_digest,
-            config_digest: config_blob.digest,
+            manifest: *manifest,
             config,
-            layers,
+            layers: layers.collect(),
             transfer: Transfer {
                 blobs_downloaded: stats.downloaded.load(Ordering::Relaxed),
                 blobs_cached: stats.cached.load(Ordering::Relaxed),
@@ -630,27 +724,26 @@ impl Job {
         }
     }
 
-    /// Fetches `blobs` with bounded concurrency; the paths come back in the same order.
-    /// The first failure cancels the rest and waits until their temp files are gone.
-    async fn fetch_all(self: &Arc<Self>, blobs: Vec<Blob>) -> Result<Vec<PathBuf>, RegistryError> {
+    /// Fetches `blobs` into the cache with bounded concurrency. The first failure cancels
+    /// the rest and waits until their temp files are gone.
+    async fn fetch_all(self: &Arc<Self>, blobs: Vec<Blob>) -> Result<(), RegistryError> {
         let permits = Arc::new(Semaphore::new(
             self.inner.options.max_concurrent_downloads.max(1),
         ));
         let mut tasks = JoinSet::new();
-        for (i, blob) in blobs.into_iter().enumerate() {
+        for blob in blobs {
             let (job, permits) = (self.clone(), permits.clone());
             tasks.spawn(async move {
                 let _permit = permits
                     .acquire_owned()
                     .await
                     .expect("the semaphore is never closed");
-                job.fetch_blob(&blob).await.map(|path| (i, path))
+                job.fetch_blob(&blob).await
             });
         }
-        let mut paths = Vec::new();
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok(Ok(path)) => paths.push(path),
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     // Wait for the others to wind down, so their temp files are gone when
                     // the error reaches the caller.
@@ -662,12 +755,11 @@ impl Job {
                 Err(_) => unreachable!("tasks are only cancelled after the first error"),
             }
         }
-        paths.sort_by_key(|(i, _)| *i);
-        Ok(paths.into_iter().map(|(_, path)| path).collect())
+        Ok(())
     }
 
     /// One blob into the cache: skipped when present, else downloaded, resumed on failure.
-    async fn fetch_blob(&self, blob: &Blob) -> Result<PathBuf, RegistryError> {
+    async fn fetch_blob(&self, blob: &Blob) -> Result<(), RegistryError> {
         let Blob { digest, size, .. } = blob;
         if self.cache().contains(digest, *size) {
             self.stats.cached.fetch_add(1, Ordering::Relaxed);
@@ -675,7 +767,7 @@ impl Job {
                 digest,
                 size: *size,
             });
-            return Ok(self.cache().blob_path(digest));
+            return Ok(());
         }
         if self.policy() == PullPolicy::Never {
             return Err(RegistryError::NotCached {
@@ -705,10 +797,10 @@ impl Job {
         }
         // Synchronous on purpose (the fsync blocks a worker for a few ms): with no await
         // inside, a cancelled pull never leaves a finish running behind its back.
-        let path = partial.finish()?;
+        partial.finish()?;
         self.stats.downloaded.fetch_add(1, Ordering::Relaxed);
         self.progress.event(&Event::Finished { digest });
-        Ok(path)
+        Ok(())
     }
 
     /// One attempt: request the rest of the blob and append it.

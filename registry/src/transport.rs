@@ -42,14 +42,13 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
-    /// The error for an operation that is not retried (pushes make one attempt).
-    pub(crate) fn into_error(self, registry: &str, what: &str) -> RegistryError {
+    /// The error for an upload, which is not retried (pushes make one attempt).
+    pub(crate) fn into_upload_error(self, registry: &str, what: &str) -> RegistryError {
         match self {
             Failure::Fatal(error) => error,
-            Failure::Transient(reason) => RegistryError::GaveUp {
+            Failure::Transient(reason) => RegistryError::UploadFailed {
                 registry: registry.to_owned(),
                 what: what.to_owned(),
-                attempts: 1,
                 reason,
             },
         }
@@ -238,37 +237,61 @@ impl Endpoint {
         })
     }
 
-    /// Uploads `data` as blob `digest` (monolithic: ~4x faster than chunked on loopback).
-    pub(crate) async fn push_blob(
+    /// Whether the repository has blob `digest` (a HEAD request).
+    pub(crate) async fn has_blob(
         &self,
         image: &Reference,
         digest: &Digest,
-        data: Bytes,
-    ) -> Result<(), Failure> {
+    ) -> Result<bool, Failure> {
         self.client
-            .push_blob(
+            .blob_exists(&self.oci_reference(None, Some(digest)), digest.as_str())
+            .await
+            .map_err(|e| self.failure(e, image))
+    }
+
+    /// Uploads blob `digest` of `size` bytes from `data` in one request (monolithic: ~4x
+    /// faster than chunked on loopback); the body is streamed, never held whole.
+    pub(crate) async fn push_blob<S>(
+        &self,
+        image: &Reference,
+        digest: &Digest,
+        size: u64,
+        data: S,
+    ) -> Result<(), Failure>
+    where
+        S: futures_util::Stream<Item = oci_client::errors::Result<Bytes>> + Send + 'static,
+    {
+        self.client
+            .push_blob_stream(
                 &self.oci_reference(None, Some(digest)),
                 data,
                 digest.as_str(),
+                Some(size),
             )
             .await
             .map(drop)
             .map_err(|e| self.failure(e, image))
     }
 
-    /// Uploads manifest bytes under `tag` with `media_type` as its content type.
+    /// Uploads manifest bytes under `tag`, or under their digest without one, with
+    /// `media_type` as the content type.
     pub(crate) async fn push_manifest(
         &self,
         image: &Reference,
-        tag: &str,
+        tag: Option<&str>,
         bytes: Bytes,
         media_type: &str,
     ) -> Result<(), Failure> {
         let content_type = reqwest::header::HeaderValue::from_str(media_type).map_err(|e| {
             Failure::Fatal(self.registry_error(format!("media type {media_type:?}: {e}")))
         })?;
+        let digest = Digest::of(&bytes);
+        let target = match tag {
+            Some(tag) => self.oci_reference(Some(tag), None),
+            None => self.oci_reference(None, Some(&digest)),
+        };
         self.client
-            .push_manifest_raw(&self.oci_reference(Some(tag), None), bytes, content_type)
+            .push_manifest_raw(&target, bytes, content_type)
             .await
             .map(drop)
             .map_err(|e| self.failure(e, image))
@@ -328,6 +351,18 @@ impl Endpoint {
                     Failure::Fatal(self.registry_error(format!("HTTP {code}: {}", message.trim())))
                 }
             },
+            // A HEAD (blob_exists) reports a refusal as a plain HTTP status.
+            OciDistributionError::RequestError(e)
+                if e.status()
+                    .is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403) =>
+            {
+                Failure::Fatal(self.auth_error())
+            }
+            OciDistributionError::RequestError(e)
+                if e.status().is_some_and(|s| s.as_u16() == 404) =>
+            {
+                not_found()
+            }
             OciDistributionError::RequestError(e) => self.network_failure(&e),
             OciDistributionError::IoError(e) => self.network_failure(&e),
             other => Failure::Fatal(self.registry_error(error_chain(&other))),

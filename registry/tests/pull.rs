@@ -5,9 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::proxy::{Fault, Proxy};
 use common::{blob_files, counter, puller, puller_with};
 use smolvm_registry::testutil::{self, Format, Security, TestRegistry};
+use smolvm_registry::testutil::{Fault, Proxy};
 use smolvm_registry::{
     CacheError, Config, Platform, PullOptions, PullPolicy, Reference, RegistryError,
 };

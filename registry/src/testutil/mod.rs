@@ -7,6 +7,7 @@
 
 mod fixtures;
 mod layer;
+mod proxy;
 mod push;
 mod server;
 
@@ -14,5 +15,6 @@ pub use fixtures::{
     Image, busybox, fake_platform, fixture_cache_dir, multilayer, python, random_layers,
 };
 pub use layer::{LayerBlob, LayerBuilder};
+pub use proxy::{Fault, Proxy};
 pub use push::{Format, PushedImage, push_image, push_index};
 pub use server::{Security, TestRegistry};

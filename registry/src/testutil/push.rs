@@ -1,6 +1,7 @@
 //! Pushing fixture images and indexes to a [`TestRegistry`], as OCI or Docker schema 2.
 
 use std::io;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -8,7 +9,8 @@ use serde_json::{Value, json};
 use super::fixtures::Image;
 use super::server::TestRegistry;
 use crate::digest::Digest;
-use crate::push::Pusher;
+use crate::pull::{Event, Progress};
+use crate::push::{Blob, Pusher};
 use crate::reference::Reference;
 
 /// Which manifest flavour to push.
@@ -70,6 +72,11 @@ pub struct PushedImage {
     pub architecture: String,
 }
 
+/// No progress display.
+fn quiet() -> Arc<dyn Progress> {
+    Arc::new(|_: &Event<'_>| {})
+}
+
 /// A pusher for `reference` (relative to the registry) with the registry's credentials.
 async fn connect(registry: &TestRegistry, reference: &str) -> io::Result<(Pusher, Reference)> {
     let image = Reference::parse(&format!("{}/{reference}", registry.host()), None)
@@ -92,7 +99,11 @@ async fn push_manifest(
     let bytes = Bytes::from(serde_json::to_vec(manifest)?);
     let size = bytes.len() as u64;
     let digest = pusher
-        .push_manifest(bytes, media_type)
+        .push_manifest(
+            bytes,
+            media_type,
+            Some(pusher.reference().tag().unwrap_or("latest")),
+        )
         .await
         .map_err(io::Error::other)?;
     Ok((digest, size))
@@ -109,10 +120,12 @@ pub async fn push_image(
     let mut layers = Vec::new();
     let mut descriptors = Vec::new();
     for layer in &image.layers {
-        let digest = pusher
-            .push_blob(Bytes::from(layer.data.clone()))
+        let blob = Blob::bytes(layer.data.clone());
+        pusher
+            .push_blob(&blob, quiet())
             .await
             .map_err(io::Error::other)?;
+        let digest = blob.digest;
         descriptors.push(json!({
             "mediaType": format.layer(layer.media_type),
             "digest": digest.as_str(),
@@ -122,10 +135,12 @@ pub async fn push_image(
     }
     let config = image.config_json();
     let config_size = config.len();
-    let config_digest = pusher
-        .push_blob(Bytes::from(config))
+    let config = Blob::bytes(config);
+    pusher
+        .push_blob(&config, quiet())
         .await
         .map_err(io::Error::other)?;
+    let config_digest = config.digest;
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": format.manifest(),

@@ -1,6 +1,4 @@
-//! Helpers for the integration tests: a fault-injecting TCP proxy and small shortcuts.
-
-pub mod proxy;
+//! Helpers for the integration tests: small shortcuts.
 
 use std::path::Path;
 use std::sync::Arc;

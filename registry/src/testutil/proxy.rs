@@ -23,7 +23,10 @@ pub enum Fault {
     StallAlwaysAfter(u64),
 }
 
+/// A running proxy; stops when dropped (it must be dropped inside the Tokio runtime it
+/// was started in).
 pub struct Proxy {
+    /// `127.0.0.1:<port>` to use instead of the registry's host.
     pub host: String,
     requests: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
@@ -37,6 +40,7 @@ struct Shared {
 }
 
 impl Proxy {
+    /// Starts forwarding connections to `upstream` (`host:port`), applying `fault`.
     pub async fn start(upstream: &str, fault: Fault) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let host = listener.local_addr().unwrap().to_string();
