@@ -37,9 +37,10 @@ pub struct CreateArgs {
     /// Boot this OCI image instead of the bare VM
     #[arg(short = 'I', long, value_name = "REF", conflicts_with = "from")]
     image: Option<String>,
-    /// Start from a .smolmachine file (or a packed executable): its sections, no pull
-    #[arg(long, value_name = "FILE")]
-    from: Option<PathBuf>,
+    /// Start from a pack: a .smolmachine file, a packed executable, or a registry reference
+    /// (pulled into the cache; no image pull, no rebuild)
+    #[arg(long, value_name = "FILE|REF")]
+    from: Option<String>,
     /// Read the machine from a Smolfile (flags override it)
     #[arg(short = 's', long, value_name = "FILE")]
     smolfile: Option<PathBuf>,
@@ -193,7 +194,9 @@ pub fn create(a: CreateArgs) -> anyhow::Result<i32> {
     smolvm_runtime::volume::shares(&base.volumes, smolvm_protocol::ShareFs::NineP)?;
 
     if let Some(from) = &a.from {
-        let pack = smolvm_stub::locate(from)?;
+        let (path, _) =
+            crate::pack::locate_pack(&rt, from, overrides.platform.clone(), a.pull, a.quiet)?;
+        let pack = smolvm_stub::locate(&path)?;
         let app = smolvm_stub::App::new(pack, a.name.clone())?;
         let run = &app.pack().manifest().run;
         let config = smolfile::ImageConfig {
@@ -244,7 +247,7 @@ pub fn create(a: CreateArgs) -> anyhow::Result<i32> {
         reservation.dir.write_spec(&spec)?;
         store.mark_ready(&a.name)?;
         reservation.done = true;
-        println!("created machine {} from {}", a.name, from.display());
+        println!("created machine {} from {from}", a.name);
         return Ok(0);
     }
 

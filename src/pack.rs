@@ -211,25 +211,7 @@ pub fn dispatch(cmd: PackCommand) -> anyhow::Result<i32> {
 fn run(a: RunArgs) -> anyhow::Result<i32> {
     attach::check_tty_flags(a.interactive, a.tty).map_err(anyhow::Error::msg)?;
     let rt = crate::runtime()?;
-    let (path, name) = if Path::new(&a.pack).exists() {
-        let path = PathBuf::from(&a.pack);
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
-        (path, name.unwrap_or_default())
-    } else {
-        let config = Config::load_default()?;
-        let reference = config
-            .parse_reference(&a.pack)
-            .map_err(|e| anyhow::anyhow!("{} is no file, and {e}", a.pack))?;
-        let pulled = rt.block_on(pull_pack_into(
-            config,
-            &reference,
-            None,
-            a.platform,
-            a.pull.into(),
-            a.quiet,
-        ))?;
-        (pulled.path, repository_name(&reference))
-    };
+    let (path, name) = locate_pack(&rt, &a.pack, a.platform, a.pull, a.quiet)?;
     let pack = format::Pack::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let app = App::new(pack, name)?;
     let opts = RunOptions {
@@ -531,6 +513,35 @@ fn pull(a: PullArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// A pack named on the command line: a file (`.smolmachine` or packed executable), else a
+/// reference pulled into the cache. Returns its path and the name its VMs get.
+pub fn locate_pack(
+    rt: &tokio::runtime::Runtime,
+    arg: &str,
+    platform: Option<smolfile::Platform>,
+    pull: Pull,
+    quiet: bool,
+) -> anyhow::Result<(PathBuf, String)> {
+    if Path::new(arg).exists() {
+        let path = PathBuf::from(arg);
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+        return Ok((path, name.unwrap_or_default()));
+    }
+    let config = Config::load_default()?;
+    let reference = config
+        .parse_reference(arg)
+        .map_err(|e| anyhow::anyhow!("{arg} is no file, and {e}"))?;
+    let pulled = rt.block_on(pull_pack_into(
+        config,
+        &reference,
+        None,
+        platform,
+        pull.into(),
+        quiet,
+    ))?;
+    Ok((pulled.path, repository_name(&reference)))
 }
 
 /// Pulls a pack to `dest` (the cache with `None`) with progress bars.

@@ -279,8 +279,27 @@ fn image_and_pack_machines_persist_changes_over_their_read_only_root() {
         "-o",
         exe.to_str().unwrap(),
     ]);
-    drop(reg);
     let sidecar = apps.join("bb.smolmachine");
+    // Through a registry: push the pack, create a machine from its reference, use it.
+    let pushed = format!("{}/packs/bb:1", reg.host());
+    home.ok(&["pack", "push", "-q", sidecar.to_str().unwrap(), &pushed]);
+    let mut by_ref = vec!["machine", "create", "pulled", "-q", "--from", &pushed];
+    by_ref.extend(SMALL);
+    home.ok(&by_ref);
+    drop(reg);
+    home.ok(&["machine", "start", "-n", "pulled"]);
+    let out = home.ok(&[
+        "machine",
+        "exec",
+        "-n",
+        "pulled",
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING",
+    ]);
+    assert_eq!(out, "hello\n");
+    home.ok(&["machine", "delete", "-f", "pulled"]);
     let mut from = vec![
         "machine",
         "create",
