@@ -724,3 +724,40 @@ pub fn cp(a: CpArgs) -> anyhow::Result<i32> {
     }
     Ok(0)
 }
+
+/// Machine `name`'s root filesystem as it is now, as a squashfs image in `scratch`, and its
+/// spec. A stopped machine is started for this and stopped again.
+pub fn snapshot(
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    scratch: &std::path::Path,
+    quiet: bool,
+) -> anyhow::Result<(PathBuf, MachineSpec)> {
+    let (_, _, dir) = open(name)?;
+    let spec = dir.read_spec()?;
+    let was_running = matches!(dir.status(), Status::Running { .. });
+    if !was_running {
+        let exe = std::env::current_exe().context("finding this program to run the supervisor")?;
+        dir.start(&exe)
+            .with_context(|| format!("starting machine {name} to snapshot it"))?;
+    }
+    let tar = scratch.join("root.tar");
+    let copied = rt.block_on(async {
+        let client = dir.connect().await?;
+        let bar = crate::progress::transfer_bar(&format!("reading {name}"), None, quiet);
+        let report =
+            smolvm_runtime::copy::snapshot_root(&client, &tar, |p| bar.set_position(p.bytes)).await;
+        bar.finish_and_clear();
+        anyhow::Ok(report?)
+    });
+    if !was_running {
+        rt.block_on(dir.stop(STOP_LIMIT))?;
+    }
+    copied.with_context(|| format!("reading the root filesystem of machine {name}"))?;
+    let sqfs = scratch.join("rootfs.sqfs");
+    let layer = smolvm_pack::rootfs::Layer::new(&tar, "application/vnd.oci.image.layer.v1.tar");
+    smolvm_pack::rootfs::build_rootfs(&[layer], &sqfs, &Default::default())
+        .with_context(|| format!("building a root filesystem image from machine {name}"))?;
+    std::fs::remove_file(&tar)?;
+    Ok((sqfs, spec))
+}

@@ -52,6 +52,10 @@ pub struct CreateArgs {
     /// The image to pack (e.g. python:3.12-alpine)
     #[arg(short = 'I', long, value_name = "REF")]
     image: Option<String>,
+    /// Pack a persistent machine as it is now: its root filesystem with every change made
+    /// in it (not /workspace), its environment and working directory
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["image", "smolfile"])]
+    from_vm: Option<String>,
     /// Read what to pack from a Smolfile ([artifact] settings apply; flags override it)
     #[arg(short = 's', long, value_name = "FILE")]
     smolfile: Option<PathBuf>,
@@ -254,12 +258,27 @@ fn create(a: CreateArgs) -> anyhow::Result<i32> {
         ..Default::default()
     };
     let first = smolfile::merge(Purpose::Pack, smolfile.as_ref(), &overrides, None);
-    if first.image.is_none() && smolfile.is_none() {
+    if first.image.is_none() && smolfile.is_none() && a.from_vm.is_none() {
         bail!(
-            "say what to pack: --image REF, or --smolfile FILE (a Smolfile without an image packs the bare VM)"
+            "say what to pack: --image REF, --from-vm NAME, or --smolfile FILE (a Smolfile without an image packs the bare VM)"
         );
     }
     let rt = crate::runtime()?;
+    let scratch = tempfile::tempdir_in(
+        a.output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )?;
+    let machine = match &a.from_vm {
+        Some(name) => Some(crate::lifecycle::snapshot(
+            &rt,
+            name,
+            scratch.path(),
+            a.quiet,
+        )?),
+        None => None,
+    };
     let image = match &first.image {
         Some(reference) => Some(rt.block_on(image::prepare(
             reference,
@@ -269,11 +288,21 @@ fn create(a: CreateArgs) -> anyhow::Result<i32> {
         ))?),
         None => None,
     };
+    let config = match (&image, &machine) {
+        (Some(i), _) => Some(i.record.image_config()),
+        (None, Some((_, spec))) => Some(smolfile::ImageConfig {
+            env: spec.env.clone(),
+            workdir: spec.workdir.clone(),
+            user: spec.user.clone(),
+            ..Default::default()
+        }),
+        (None, None) => None,
+    };
     let eff = smolfile::merge(
         Purpose::Pack,
         smolfile.as_ref(),
         &overrides,
-        image.as_ref().map(|i| i.record.image_config()).as_ref(),
+        config.as_ref(),
     );
 
     let manifest = Manifest {
@@ -337,8 +366,12 @@ fn create(a: CreateArgs) -> anyhow::Result<i32> {
     ];
     // The root filesystem is squashfs, compressed already: stored as is, it can be read in
     // place from the pack.
-    if let Some(i) = &image {
-        sections.push(file(SectionKind::Rootfs, &i.rootfs, Compression::None));
+    let rootfs = image
+        .as_ref()
+        .map(|i| &i.rootfs)
+        .or(machine.as_ref().map(|(sqfs, _)| sqfs));
+    if let Some(rootfs) = rootfs {
+        sections.push(file(SectionKind::Rootfs, rootfs, Compression::None));
     }
     let sidecar = sidecar_path(&a.output);
     let pack_path = if a.single_file {
@@ -360,7 +393,11 @@ fn create(a: CreateArgs) -> anyhow::Result<i32> {
 
     eprintln!(
         "packed {} in {:.2} s",
-        first.image.as_deref().unwrap_or("the bare VM"),
+        a.from_vm
+            .as_ref()
+            .map(|n| format!("machine {n}"))
+            .or(first.image.clone())
+            .unwrap_or_else(|| "the bare VM".into()),
         started.elapsed().as_secs_f64()
     );
     for (kind, stored, size) in &written.sections {

@@ -264,6 +264,37 @@ fn image_and_pack_machines_persist_changes_over_their_read_only_root() {
         "{}",
         stderr(&seen)
     );
+
+    // The machine as it is now, packed: its changes are in the executable's root.
+    let snap = home.dir.path().join("snap");
+    home.ok(&[
+        "pack",
+        "create",
+        "-q",
+        "--from-vm",
+        "img",
+        "-o",
+        snap.to_str().unwrap(),
+    ]);
+    let mut app = std::process::Command::new(&snap);
+    for (k, v) in home.smolvm().get_envs() {
+        match v {
+            Some(v) => app.env(k, v),
+            None => app.env_remove(k),
+        };
+    }
+    let ran = app
+        .args(["run", "--cpus", "1", "--mem", "512", "--", "sh", "-c"])
+        .arg("cat /usr/greeting; test -e /etc/group || echo group-gone; echo $GREETING; id -u")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        stdout(&ran),
+        "hello-from-root\ngroup-gone\nhello\n1000\n",
+        "{}",
+        stderr(&ran)
+    );
     home.ok(&["machine", "delete", "-f", "img"]);
 
     // A machine from a .smolmachine uses the pack's sections (no registry needed).

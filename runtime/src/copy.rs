@@ -144,6 +144,7 @@ pub async fn download(
     let stream = client.mux().open(Message::CopyOut(CopyOut {
         path: guest_src.to_string(),
         recursive,
+        snapshot: false,
     }))?;
     let (tx, mut rx) = stream.split();
     let guard = CancelOnDrop(Some(tx));
@@ -198,6 +199,67 @@ pub async fn download(
     .map_err(|e| CopyError::Unexpected(e.to_string()))??;
     Ok(CopyReport {
         kind: info.kind,
+        bytes,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Writes the guest's whole root filesystem, as a tar stream, to `out` (created; removed
+/// again if the snapshot fails): what lies on the root's own filesystem, with owners,
+/// modes and special files, for building a root filesystem image from a machine.
+pub async fn snapshot_root(
+    client: &AgentClient,
+    out: &Path,
+    mut progress: impl FnMut(Progress) + Send,
+) -> Result<CopyReport, CopyError> {
+    check_version(client)?;
+    let start = Instant::now();
+    let stream = client.mux().open(Message::CopyOut(CopyOut {
+        path: "/".into(),
+        recursive: true,
+        snapshot: true,
+    }))?;
+    let (tx, mut rx) = stream.split();
+    let guard = CancelOnDrop(Some(tx));
+    match rx.recv().await {
+        Some(Event::Control(Message::Copying(_))) => {}
+        Some(Event::Control(Message::Error(reply))) => {
+            return Err(CopyError::Guest {
+                path: "/".into(),
+                reply,
+            });
+        }
+        Some(other) => return Err(CopyError::Unexpected(format!("{other:?}"))),
+        None => return Err(closed()),
+    }
+    let path = out.to_path_buf();
+    let mut bytes = 0;
+    let received = transfer::receive_into(
+        &mut rx,
+        Channel::Stdout,
+        move |r| {
+            let mut f = std::fs::File::create(&path)?;
+            io::copy(r, &mut f)?;
+            f.sync_all()
+        },
+        |n| {
+            bytes += n;
+            progress(Progress { bytes, total: None });
+        },
+    )
+    .await
+    .map_err(|e| pump_error(e, "/", out));
+    let result = match received {
+        Ok(()) => finished(&mut rx, "/").await,
+        Err(e) => Err(e),
+    };
+    guard.disarm();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(out);
+        return Err(e);
+    }
+    Ok(CopyReport {
+        kind: CopyKind::Dir,
         bytes,
         elapsed: start.elapsed(),
     })

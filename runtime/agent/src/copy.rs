@@ -41,11 +41,18 @@ async fn send(
     }
     tx.send(Message::Copying(Copying { kind, mode, size }))
         .map_err(|e| error(ErrorKind::Io, e.to_string()))?;
+    let snapshot = req.snapshot;
     transfer::send_from(
         tx,
         rx,
         Channel::Stdout,
-        move |w| fs::send(&src, kind, w),
+        move |w| {
+            if snapshot && kind == CopyKind::Dir {
+                fs::send_snapshot(&src, w)
+            } else {
+                fs::send(&src, kind, w)
+            }
+        },
         |_| {},
     )
     .await

@@ -217,6 +217,11 @@ pub struct CopyOut {
     /// Whether a directory may be copied (`cp -r`); without it a directory is an error.
     #[serde(default)]
     pub recursive: bool,
+    /// A whole-filesystem snapshot (`pack create --from-vm`): stay on the directory's own
+    /// filesystem (other mounts appear as empty directories), and keep device nodes and
+    /// FIFOs, owners included, instead of refusing them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

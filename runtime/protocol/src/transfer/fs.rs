@@ -20,7 +20,9 @@ use std::ffi::CString;
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, BufRead, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
+use std::os::unix::fs::{
+    DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt, symlink,
+};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -432,10 +434,22 @@ pub fn send(src: &Path, kind: CopyKind, out: &mut impl Write) -> io::Result<()> 
         }
         CopyKind::Dir => {
             let mut tar = tar::Builder::new(out);
-            add_tree(&mut tar, src, Path::new(""))?;
+            add_tree(&mut tar, src, Path::new(""), None)?;
             tar.finish()
         }
     }
+}
+
+/// The directory `src` as a tar stream for a root filesystem image: only what lies on its
+/// own filesystem (a mount point below it becomes an empty directory), with device nodes
+/// and FIFOs kept (sockets are skipped: they are not files one can pack).
+pub fn send_snapshot(src: &Path, out: &mut impl Write) -> io::Result<()> {
+    let dev = fs::metadata(src)
+        .map_err(|e| context(e, "reading", src))?
+        .dev();
+    let mut tar = tar::Builder::new(out);
+    add_tree(&mut tar, src, Path::new(""), Some(dev))?;
+    tar.finish()
 }
 
 /// A file read for exactly the size it had when opened: one that shrinks while being copied
@@ -475,7 +489,14 @@ impl Read for Exact {
     }
 }
 
-fn add_tree<W: Write>(tar: &mut tar::Builder<W>, dir: &Path, rel: &Path) -> io::Result<()> {
+/// Appends `dir`'s entries under `rel`. With `one_fs`, a snapshot of that device: other
+/// filesystems are not entered, special files are kept.
+fn add_tree<W: Write>(
+    tar: &mut tar::Builder<W>,
+    dir: &Path,
+    rel: &Path,
+    one_fs: Option<u64>,
+) -> io::Result<()> {
     let mut entries = fs::read_dir(dir)
         .and_then(|d| d.collect::<io::Result<Vec<_>>>())
         .map_err(|e| context(e, "reading the directory", dir))?;
@@ -484,15 +505,29 @@ fn add_tree<W: Write>(tar: &mut tar::Builder<W>, dir: &Path, rel: &Path) -> io::
         let path = e.path();
         let name = rel.join(e.file_name());
         let meta = fs::symlink_metadata(&path).map_err(|e| context(e, "reading", &path))?;
+        let ft = meta.file_type();
         if meta.is_dir() {
             tar.append_data(&mut header_for(&meta, 0), &name, io::empty())?;
-            add_tree(tar, &path, &name)?;
+            if one_fs.is_none_or(|dev| meta.dev() == dev) {
+                add_tree(tar, &path, &name, one_fs)?;
+            }
         } else if meta.is_file() {
             let file = Exact::open(&path)?;
             tar.append_data(&mut header_for(&meta, file.left), &name, file)?;
-        } else if meta.file_type().is_symlink() {
+        } else if ft.is_symlink() {
             let to = fs::read_link(&path).map_err(|e| context(e, "reading the symlink", &path))?;
             tar.append_link(&mut header_for(&meta, 0), &name, to)?;
+        } else if one_fs.is_some() {
+            if ft.is_socket() {
+                continue; // meaningless in an image
+            }
+            let mut h = header_for(&meta, 0);
+            if ft.is_char_device() || ft.is_block_device() {
+                let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+                h.set_device_major(major)?;
+                h.set_device_minor(minor)?;
+            }
+            tar.append_data(&mut h, &name, io::empty())?;
         } else {
             return Err(invalid(format!(
                 "{} is a device node, FIFO or socket: these are not copied",
