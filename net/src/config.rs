@@ -19,7 +19,7 @@ pub const SUBNET_ENV: &str = "SMOLVM_NET_SUBNET";
 /// comma-separated `IP` or `IP:PORT`.
 pub const DNS_UPSTREAM_ENV: &str = "SMOLVM_DNS_UPSTREAM";
 /// The guest interface MTU.
-pub const MTU: usize = 1500;
+pub const MTU: usize = 65520;
 /// Locally administered addresses: the gateway's, and the one the VMM gives the guest.
 pub const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x02, 0x53, 0x4d, 0x00, 0x00, 0x01]);
 pub const GUEST_MAC: EthernetAddress = EthernetAddress([0x02, 0x53, 0x4d, 0x00, 0x00, 0x02]);

@@ -17,7 +17,7 @@ use crate::relay::{self, CHUNK, HostSide, HostStream};
 use crate::udp::UdpRelay;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, State};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint, Ipv4Address};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpListenEndpoint};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -124,7 +124,7 @@ impl Stack {
         // AnyIP: accept packets for every destination routed through our own address.
         iface
             .routes_mut()
-            .add_default_ipv4_route(Ipv4Address::from(gateway))
+            .add_default_ipv4_route(gateway)
             .expect("one route fits");
         iface.set_any_ip(true);
         let dns = Arc::new(DnsService {
@@ -403,7 +403,7 @@ impl Stack {
         let mut socket = Self::new_socket();
         let dst = key.1;
         let listen = IpListenEndpoint {
-            addr: Some(Ipv4Address::from(*dst.ip()).into()),
+            addr: Some((*dst.ip()).into()),
             port: dst.port(),
         };
         if socket.listen(listen).is_err() {
@@ -425,11 +425,7 @@ impl Stack {
         let mut socket = Self::new_socket();
         let local = (self.subnet.gateway(), self.ephemeral_port());
         let remote = (self.subnet.guest(), guest_port);
-        let connect = socket.connect(
-            self.iface.context(),
-            (Ipv4Address::from(remote.0), remote.1),
-            (Ipv4Address::from(local.0), local.1),
-        );
+        let connect = socket.connect(self.iface.context(), remote, local);
         if let Err(e) = connect {
             self.log
                 .note(&format!("forward to guest port {guest_port}: {e}"));

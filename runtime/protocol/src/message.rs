@@ -108,6 +108,22 @@ pub struct Setup {
     /// Serial of an ext4 disk to mount at `/workspace` (grown to the disk's size first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<String>,
+    /// Configure the VM's network interface; without it the guest has only loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSetup>,
+}
+
+/// The guest side of the VM network: a static address on the one virtio-net interface, a
+/// default route through the gateway, and the resolver written to `/etc/resolv.conf`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct NetworkSetup {
+    /// The interface's MAC address, which names it among the guest's interfaces.
+    pub mac: [u8; 6],
+    pub address: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: std::net::Ipv4Addr,
+    pub nameservers: Vec<std::net::Ipv4Addr>,
+    pub mtu: u16,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
