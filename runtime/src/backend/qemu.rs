@@ -149,6 +149,18 @@ impl Qemu {
             "-device",
             "virtio-rng-device,rng=rng",
         ]);
+        if let Some(net) = &cfg.net {
+            // QEMU connects (server=off) to the socket our network stack listens on.
+            push(&[
+                "-netdev",
+                &format!(
+                    "stream,id=net0,server=off,addr.type=unix,addr.path={}",
+                    escape(&net.socket)
+                ),
+                "-device",
+                &format!("virtio-net-device,netdev=net0,mac={}", net.mac_string()),
+            ]);
+        }
         for (i, d) in cfg.disks.iter().enumerate() {
             push(&[
                 "-blockdev",
@@ -275,6 +287,37 @@ mod tests {
                 && cmdline.contains("panic=-1")
         );
         assert!(cmdline.ends_with("quiet"));
+    }
+
+    #[test]
+    fn no_network_device_unless_asked_and_a_stream_netdev_when_asked() {
+        let a = args(false);
+        assert!(
+            value_of(&a, "-netdev").is_empty(),
+            "networking is off by default"
+        );
+        let mut cfg = config();
+        cfg.net = Some(crate::backend::NetDevice {
+            socket: "/run/x,y/net.sock".into(),
+            mac: [2, 0x53, 0x4d, 0, 0, 2],
+        });
+        let a: Vec<String> = Qemu {
+            binary: "qemu".into(),
+            kvm: false,
+            tsc_khz: None,
+        }
+        .args(&cfg)
+        .into_iter()
+        .map(|s| s.into_string().unwrap())
+        .collect();
+        assert_eq!(
+            value_of(&a, "-netdev"),
+            ["stream,id=net0,server=off,addr.type=unix,addr.path=/run/x,,y/net.sock"]
+        );
+        assert!(
+            value_of(&a, "-device")
+                .contains(&"virtio-net-device,netdev=net0,mac=02:53:4d:00:00:02")
+        );
     }
 
     #[test]

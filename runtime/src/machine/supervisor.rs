@@ -111,6 +111,7 @@ async fn run(dir: &MachineDir, report: &mut dyn FnMut(&str)) -> Result<(), Strin
         memory_mib: spec.memory_mib,
         boot: spec.boot(),
         disks,
+        network: None,
     };
     let vm = Vm::boot(&vm_spec).await.map_err(|e| e.to_string())?;
     let setup = Setup {
@@ -126,6 +127,7 @@ async fn run(dir: &MachineDir, report: &mut dyn FnMut(&str)) -> Result<(), Strin
             serial: OVERLAY_SERIAL.into(),
         },
         workspace: Some(STORAGE_SERIAL.into()),
+        network: vm.network_setup(),
     };
     if let Err(e) = vm.agent().setup(setup).await {
         vm.shutdown().await;
