@@ -67,9 +67,10 @@ fn u32_at(msg: &[u8], pos: usize) -> Result<u32, DnsError> {
         .ok_or(DnsError::Truncated(pos))
 }
 
-/// Reads the name at `pos` (following compression pointers); returns it and the position
-/// just after it where it starts.
-fn read_name(msg: &[u8], start: usize) -> Result<(String, usize), DnsError> {
+/// Reads the name at `start` (following compression pointers when `pointers`); returns it
+/// and the position just after it where it starts. Labels must be letters, digits, `-` and
+/// `_`, so that the text a policy matches is the name the upstream resolves.
+fn read_name(msg: &[u8], start: usize, pointers: bool) -> Result<(String, usize), DnsError> {
     let mut name = String::new();
     let (mut pos, mut end, mut jumps) = (start, None, 0);
     loop {
@@ -79,6 +80,9 @@ fn read_name(msg: &[u8], start: usize) -> Result<(String, usize), DnsError> {
                 return Ok((name, end.unwrap_or(pos + 1)));
             }
             l if l & 0xc0 == 0xc0 => {
+                if !pointers {
+                    return Err(DnsError::BadName(pos));
+                }
                 let target = usize::from(u16_at(msg, pos)? & 0x3fff);
                 jumps += 1;
                 // A pointer must go backwards, and a loop must end.
@@ -93,6 +97,12 @@ fn read_name(msg: &[u8], start: usize) -> Result<(String, usize), DnsError> {
                 let label = msg
                     .get(pos + 1..pos + 1 + usize::from(l))
                     .ok_or(DnsError::Truncated(pos))?;
+                if !label
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err(DnsError::BadName(pos));
+                }
                 if !name.is_empty() {
                     name.push('.');
                 }
@@ -118,7 +128,9 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, DnsError> {
     if qdcount != 1 {
         return Err(DnsError::QuestionCount(qdcount));
     }
-    let (name, pos) = read_name(msg, HEADER)?;
+    // The question is the first name: there is nothing before it to point to, and a reply
+    // built here copies it after a header of its own.
+    let (name, pos) = read_name(msg, HEADER, false)?;
     let qtype = u16_at(msg, pos)?;
     u16_at(msg, pos + 2)?;
     Ok(Query {
@@ -135,11 +147,11 @@ pub fn answer_addresses(msg: &[u8]) -> Result<Vec<(IpAddr, u32)>, DnsError> {
     let ancount = u16_at(msg, 6)?;
     let mut pos = HEADER;
     for _ in 0..qdcount {
-        pos = read_name(msg, pos)?.1 + 4;
+        pos = read_name(msg, pos, true)?.1 + 4;
     }
     let mut out = Vec::new();
     for _ in 0..ancount {
-        pos = read_name(msg, pos)?.1;
+        pos = read_name(msg, pos, true)?.1;
         let rtype = u16_at(msg, pos)?;
         let class = u16_at(msg, pos + 2)?;
         let ttl = u32_at(msg, pos + 4)?;
@@ -391,11 +403,31 @@ pub(crate) mod tests {
 
     #[test]
     fn pointer_loops_and_forward_pointers_are_refused() {
+        // A response whose answer name points to itself.
         let mut m = query(1, "a", TYPE_A);
-        // Replace the name with a pointer to itself.
+        m[2] = 0x81;
+        m[7] = 1;
+        let at = m.len();
+        m.extend_from_slice(&[0xc0, at as u8, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4, 1, 2, 3, 4]);
+        assert_eq!(answer_addresses(&m), Err(DnsError::BadName(at)));
+    }
+
+    #[test]
+    fn a_question_is_plain_labels_without_pointers_or_odd_bytes() {
+        // Found by the fuzzer: a question pointing into the header parsed, and the reply
+        // built from it (with a header of its own) did not.
+        let mut m = query(1, "a", TYPE_A);
         m.truncate(HEADER);
-        m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+        m.extend_from_slice(&[0xc0, 1, 0, 1, 0, 1]);
         assert_eq!(parse_query(&m), Err(DnsError::BadName(12)));
+        // A dot inside a label would make "allowed.test" of a name that is not.
+        let mut dotted = query(1, "x", TYPE_A);
+        dotted.truncate(HEADER);
+        dotted.extend_from_slice(&[12]);
+        dotted.extend_from_slice(b"allowed.test");
+        dotted.extend_from_slice(&[0, 0, 1, 0, 1]);
+        assert_eq!(parse_query(&dotted), Err(DnsError::BadName(12)));
+        assert!(parse_query(&query(1, "_http._tcp.Example-1.com", 33)).is_ok());
     }
 
     #[test]
