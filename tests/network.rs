@@ -477,3 +477,84 @@ fn bad_network_flags_are_refused_with_what_to_do() {
         stderr(&bad_subnet)
     );
 }
+
+#[test]
+fn packs_honour_their_network_settings_and_run_net() {
+    if !private_network("packs_honour_their_network_settings_and_run_net") {
+        return;
+    }
+    for a in TEST_NET {
+        http_server(&format!("{a}:80"), "reached\n");
+    }
+    let dns_port = dns_server(&[]);
+    let home = Home::new();
+    let pack = |name: &str, smolfile: &str| {
+        let file = home.dir.path().join(format!("{name}.smolfile"));
+        std::fs::write(&file, smolfile).unwrap();
+        let exe = home.dir.path().join(name);
+        let out = home
+            .smolvm()
+            .args([
+                "pack",
+                "create",
+                "-q",
+                "-s",
+                file.to_str().unwrap(),
+                "-o",
+                exe.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        exe
+    };
+    let app = |exe: &std::path::Path, args: &[&str]| {
+        let mut c = Command::new(exe);
+        for (k, v) in home.smolvm().get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        let out = c
+            .env("SMOLVM_DNS_UPSTREAM", format!("127.0.0.1:{dns_port}"))
+            .args(["run", "--cpus", "1", "--mem", "512"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (stdout(&out), stderr(&out), out.status.code())
+    };
+    let locked = pack(
+        "locked",
+        "cmd = [\"/bin/sh\"]\n[network]\nallow_cidrs = [\"198.51.100.9/32\"]\n",
+    );
+    let (out, err, code) = app(
+        &locked,
+        &[
+            "--",
+            "sh",
+            "-c",
+            "timeout 10 wget -q -O- http://198.51.100.9/; echo allowed=$?
+           timeout 10 wget -q -O- http://198.51.100.8/ >/dev/null 2>&1; echo other=$?",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.starts_with("reached\nallowed=0\n"), "{out}\n{err}");
+    assert_ne!(values(&out)["other"], "0", "{out}");
+    assert!(err.contains("denied TCP 198.51.100.8:80"), "{err}");
+    let plain = pack("plain", "cmd = [\"/bin/sh\"]\n");
+    let (out, err, code) = app(&plain, &["--", "ls", "/sys/class/net"]);
+    assert_eq!((out.as_str(), code), ("lo\n", Some(0)), "{err}");
+    let (out, err, code) = app(
+        &plain,
+        &[
+            "--net",
+            "--",
+            "sh",
+            "-c",
+            "timeout 10 wget -q -O- http://198.51.100.7/",
+        ],
+    );
+    assert_eq!((out.as_str(), code), ("reached\n", Some(0)), "{err}");
+}

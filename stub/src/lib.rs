@@ -6,6 +6,7 @@
 //! verified once; otherwise it is materialized too. Nothing is written next to the pack.
 
 use serde::Serialize;
+use smolvm_net::PortForward;
 use smolvm_pack_format::cache::{CachedSection, SectionCache, SectionError};
 use smolvm_pack_format::{FormatError, Pack, SectionKind};
 use smolvm_protocol::{Exec, Lower, Setup, Upper};
@@ -13,7 +14,7 @@ use smolvm_runtime::attach::Outcome;
 use smolvm_runtime::backend::{self, Backend, BackendKind, Boot, Disk, NoBackend};
 use smolvm_runtime::machine::{self, MachineDir, MachineError, MachineSpec, Status};
 use smolvm_runtime::run::{RunRequest, run_ephemeral};
-use smolvm_runtime::{VmError, VmSpec, trace};
+use smolvm_runtime::{NetworkSpec, VmError, VmSpec, trace};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -30,7 +31,9 @@ pub enum AppError {
         "this machine was packed for {packed} hosts; this host is {HOST_PLATFORM}: pack it again on (or for) this platform"
     )]
     WrongHost { packed: String },
-    #[error("this machine needs networking, which this version of smolvm does not provide yet")]
+    #[error(
+        "this machine needs networking, which a started (background) machine does not have yet: use `run`"
+    )]
     NeedsNetwork,
     #[error(transparent)]
     Section(#[from] SectionError),
@@ -92,6 +95,10 @@ pub struct RunOptions {
     pub tty: Option<smolvm_protocol::TtySize>,
     pub backend: Option<BackendKind>,
     pub force_extract: bool,
+    /// `--net`: a network even if the pack has none.
+    pub net: bool,
+    /// `-p`: port forwards on top of the pack's.
+    pub publish: Vec<smolfile::Port>,
 }
 
 impl App {
@@ -184,13 +191,42 @@ impl App {
         )))
     }
 
-    /// What every way of booting the pack requires of this host and this smolvm.
-    fn check_runnable(&self) -> Result<(), AppError> {
-        self.check_host()?;
-        if self.pack.manifest().network.enabled {
-            return Err(AppError::NeedsNetwork);
+    /// The network the pack's manifest asks for, plus `--net` and `-p` (`None`: no network).
+    /// Its allow lists apply whichever turned the network on.
+    fn network(
+        &self,
+        net: bool,
+        publish: &[smolfile::Port],
+    ) -> Result<Option<NetworkSpec>, AppError> {
+        let m = &self.pack.manifest().network;
+        let bad =
+            |what: &str, e: String| AppError::Invalid(format!("the pack's network {what}: {e}"));
+        let mut spec = NetworkSpec::default();
+        for h in &m.allow_hosts {
+            spec.rules
+                .allow_hosts
+                .push(smolfile::HostPattern::parse(h).map_err(|e| bad("allow_hosts", e))?);
         }
-        Ok(())
+        for c in &m.allow_cidrs {
+            spec.rules
+                .allow_cidrs
+                .push(smolfile::Cidr::parse(c).map_err(|e| bad("allow_cidrs", e))?);
+        }
+        for p in &m.ports {
+            let port = smolfile::Port::parse(p).map_err(|e| bad("ports", e))?;
+            spec.forwards.push(PortForward::from_port(&port));
+        }
+        spec.forwards
+            .extend(publish.iter().map(PortForward::from_port));
+        if !(m.enabled || net) {
+            if let Some(p) = publish.first() {
+                return Err(AppError::Invalid(format!(
+                    "-p {p} forwards a port over the VM's network, which this machine does not have: add --net"
+                )));
+            }
+            return Ok(None);
+        }
+        Ok(Some(spec))
     }
 
     /// The command the pack runs by default: its entrypoint and cmd.
@@ -233,7 +269,8 @@ impl App {
 
     /// An ephemeral VM from the pack, running one command.
     pub async fn run(&self, o: RunOptions) -> Result<Outcome, AppError> {
-        self.check_runnable()?;
+        self.check_host()?;
+        let network = self.network(o.net, &o.publish)?;
         let backend = backend::select(o.backend.unwrap_or(BackendKind::Auto))?;
         // `prepared` holds the cache entries (shared locks) until the VM is gone.
         let prepared = self.prepare(backend.as_ref(), o.force_extract)?;
@@ -257,7 +294,7 @@ impl App {
                 memory_mib: o.memory.unwrap_or(res.memory_mib),
                 boot: prepared.boot.clone(),
                 disks,
-                network: None,
+                network,
             },
             setup: Setup {
                 hostname: self.name.clone(),
@@ -309,7 +346,10 @@ impl App {
         kind: BackendKind,
         force: bool,
     ) -> Result<(), AppError> {
-        self.check_runnable()?;
+        self.check_host()?;
+        if self.pack.manifest().network.enabled {
+            return Err(AppError::NeedsNetwork);
+        }
         let dir = self.machine_dir()?;
         if let Status::Running { .. } = dir.status() {
             return Err(MachineError::AlreadyRunning.into());

@@ -88,6 +88,12 @@ struct RunArgs {
     /// Kill the command after this long (e.g. 30s, 5m); then exit with 124
     #[arg(long, value_name = "DURATION", value_parser = smolfile::parse_duration)]
     timeout: Option<Duration>,
+    /// Give the VM a network even if the machine was packed without one (its allow lists apply)
+    #[arg(long)]
+    net: bool,
+    /// Forward a host port to a guest port: HOST:GUEST or IP:HOST:GUEST (repeatable)
+    #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:GUEST", value_parser = smolfile::Port::parse)]
+    publish: Vec<smolfile::Port>,
 }
 
 #[derive(Args)]
@@ -155,6 +161,8 @@ fn dispatch(cli: Cli, name: String) -> Result<i32, AppError> {
                 tty: attach::tty_size(a.cmd.tty),
                 backend: Some(backend(&a.vm.backend)?),
                 force_extract: a.vm.force_extract,
+                net: a.net,
+                publish: a.publish,
             };
             let outcome = rt.block_on(app.run(opts))?;
             finish(rt, &outcome, a.timeout)
