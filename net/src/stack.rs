@@ -32,6 +32,9 @@ const SOCKET_BUFFER: usize = 256 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// The guest's frames waiting for the stack.
 const FRAME_QUEUE: usize = 256;
+/// TCP connections (open or being opened) a guest may have at once; each holds host sockets
+/// and up to ~0.7 MiB of buffers.
+const MAX_FLOWS: usize = 4096;
 /// Source ports for connections the stack opens to the guest (port forwards).
 const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
 
@@ -272,6 +275,13 @@ impl Stack {
         {
             self.log.denied(&format!("TCP {dst}"), why);
             // No socket listens for it: smoltcp answers RST.
+            self.device.rx.push_back(frame);
+            return;
+        }
+        if self.flows.len() + self.held.len() >= MAX_FLOWS {
+            self.log.note(&format!(
+                "TCP {dst}: refused, the guest already has {MAX_FLOWS} connections"
+            ));
             self.device.rx.push_back(frame);
             return;
         }
