@@ -58,6 +58,7 @@ async fn main() {
         boot: assets.boot(),
         disks: vec![],
         shares: vec![],
+        network: None,
     })
     .await
     .unwrap();
@@ -69,6 +70,7 @@ async fn main() {
             upper: Upper::Tmpfs,
             workspace: None,
             mounts: vec![],
+            network: None,
         })
         .await
         .unwrap();

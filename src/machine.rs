@@ -108,6 +108,21 @@ pub struct RunArgs {
     /// Kill the command after this long (e.g. 30s, 5m); smolvm then exits with 124
     #[arg(long, value_name = "DURATION", value_parser = smolfile::parse_duration)]
     timeout: Option<Duration>,
+    /// Give the VM a network (outbound TCP/UDP and DNS through the host; off by default)
+    #[arg(long)]
+    net: bool,
+    /// Allow egress only to this host (repeatable; *.example.com for subdomains); implies --net
+    #[arg(long = "allow-host", value_name = "NAME", value_parser = smolfile::HostPattern::parse)]
+    allow_hosts: Vec<smolfile::HostPattern>,
+    /// Allow egress only to this IPv4/IPv6 network (repeatable); implies --net
+    #[arg(long = "allow-cidr", value_name = "CIDR", value_parser = smolfile::Cidr::parse)]
+    allow_cidrs: Vec<smolfile::Cidr>,
+    /// Allow egress only to the host's loopback, as host.smolvm.internal; implies --net
+    #[arg(long)]
+    outbound_localhost_only: bool,
+    /// Forward a host port to a guest port: HOST:GUEST or IP:HOST:GUEST (repeatable; needs a network)
+    #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:GUEST", value_parser = smolfile::Port::parse)]
+    publish: Vec<smolfile::Port>,
     /// VM backend: krun needs hardware virtualization, qemu also runs without it
     #[arg(long, default_value = "auto", value_parser = ["auto", "krun", "qemu"])]
     backend: String,
@@ -159,6 +174,10 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         memory: args.memory,
         platform: args.platform,
         volumes: args.volumes,
+        net: args.net || args.outbound_localhost_only,
+        allow_hosts: args.allow_hosts,
+        allow_cidrs: args.allow_cidrs,
+        ports: args.publish,
         ..Default::default()
     };
     let rt = crate::runtime()?;
@@ -181,9 +200,8 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         &overrides,
         image.as_ref().map(|i| i.record.image_config()).as_ref(),
     );
-    if !eff.ports.is_empty() || eff.net {
-        bail!("ports and networking are not available in this build yet");
-    }
+    let network = smolvm_runtime::NetworkSpec::from_effective(&eff, args.outbound_localhost_only)
+        .map_err(anyhow::Error::msg)?;
     let mut argv = eff.argv();
     if argv.is_empty() {
         if image.is_some() {
@@ -218,6 +236,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             boot,
             disks,
             shares,
+            network,
         },
         setup: Setup {
             hostname: "smolvm".into(),
@@ -225,6 +244,8 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             upper: Upper::Tmpfs,
             workspace: None,
             mounts,
+            // Filled in from the VM's network once it has booted.
+            network: None,
         },
         init: eff.init,
         exec,

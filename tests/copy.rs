@@ -104,6 +104,7 @@ async fn copies_both_ways_in_one_vm() {
         boot: assets.boot(),
         disks: vec![],
         shares: vec![],
+        network: None,
     })
     .await
     .unwrap();
@@ -115,6 +116,7 @@ async fn copies_both_ways_in_one_vm() {
             upper: Upper::Tmpfs,
             workspace: None,
             mounts: vec![],
+            network: None,
         })
         .await
         .unwrap();

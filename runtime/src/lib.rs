@@ -25,7 +25,7 @@ pub mod volume;
 pub use agent::{AgentClient, AgentError};
 pub use assets::GuestAssets;
 pub use backend::{BackendKind, Disk, Share};
-pub use vm::{Vm, VmError, VmSpec};
+pub use vm::{NetworkSpec, Vm, VmError, VmSpec};
 
 /// SHA-256 of `bytes` as lowercase hex.
 pub fn digest_hex(bytes: &[u8]) -> String {

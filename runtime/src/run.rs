@@ -21,7 +21,9 @@ const TIMEOUT_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn run_ephemeral(req: RunRequest) -> Result<Outcome, VmError> {
     let mut vm = Vm::boot(&req.vm).await?;
-    vm.agent().setup(req.setup).await?;
+    let mut setup = req.setup;
+    setup.network = vm.network_setup();
+    vm.agent().setup(setup).await?;
     trace::mark("root filesystem ready");
     for (i, line) in req.init.iter().enumerate() {
         let init = Exec {

@@ -1,9 +1,12 @@
 //! One running VM: its VMM process, its private run directory and its agent connection.
 
 use crate::agent::{AgentClient, AgentError};
-use crate::backend::{Backend, BackendError, Boot, ConfigError, Disk, NoBackend, Share, VmConfig};
+use crate::backend::{
+    Backend, BackendError, Boot, ConfigError, Disk, NetDevice, NoBackend, Share, VmConfig,
+};
 use crate::rundir::RunDir;
 use crate::trace;
+use smolvm_protocol::NetworkSetup;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -26,6 +29,50 @@ pub struct VmSpec {
     pub disks: Vec<Disk>,
     /// Host directories served to the guest; [`crate::volume::shares`] makes them.
     pub shares: Vec<Share>,
+    /// A network (virtio-net to the host's userspace stack); `None`: loopback only.
+    pub network: Option<NetworkSpec>,
+}
+
+/// What the VM's network allows and forwards. The stack runs in this process for the VM's
+/// life (see [`smolvm_net::Network`]).
+#[derive(Debug, Clone, Default)]
+pub struct NetworkSpec {
+    pub rules: smolvm_net::Rules,
+    pub forwards: Vec<smolvm_net::PortForward>,
+    /// Where denials are logged; stderr when `None`.
+    pub log: Option<std::path::PathBuf>,
+}
+
+impl NetworkSpec {
+    /// The network a merged workload asks for (`None`: no network), plus
+    /// `--outbound-localhost-only`, which the Smolfile has no key for.
+    pub fn from_effective(
+        eff: &smolfile::Effective,
+        localhost_only: bool,
+    ) -> Result<Option<NetworkSpec>, String> {
+        if !eff.net {
+            if !eff.ports.is_empty() {
+                return Err(format!(
+                    "-p {} forwards a port over the VM's network, which is off: add --net (or limit egress with --allow-host, --allow-cidr or --outbound-localhost-only)",
+                    eff.ports[0]
+                ));
+            }
+            return Ok(None);
+        }
+        Ok(Some(NetworkSpec {
+            rules: smolvm_net::Rules {
+                allow_hosts: eff.allow_hosts.clone(),
+                allow_cidrs: eff.allow_cidrs.clone(),
+                localhost_only,
+            },
+            forwards: eff
+                .ports
+                .iter()
+                .map(smolvm_net::PortForward::from_port)
+                .collect(),
+            log: None,
+        }))
+    }
 }
 
 #[derive(Debug, Error)]
@@ -57,6 +104,8 @@ pub enum VmError {
     BootTimeout { vmm: String, secs: u64, log: String },
     #[error(transparent)]
     Agent(#[from] AgentError),
+    #[error(transparent)]
+    Network(#[from] smolvm_net::NetError),
 }
 
 pub struct Vm {
@@ -64,6 +113,7 @@ pub struct Vm {
     child: tokio::process::Child,
     backend: String,
     run_dir: RunDir,
+    network: Option<smolvm_net::Network>,
 }
 
 impl Vm {
@@ -79,6 +129,24 @@ impl Vm {
         )?;
         cfg.disks = spec.disks.clone();
         cfg.shares = spec.shares.clone();
+        let network = match &spec.network {
+            Some(n) => {
+                let mut config = smolvm_net::NetConfig::new(
+                    n.rules.clone(),
+                    n.forwards.clone(),
+                    run_dir.join("net.sock"),
+                )
+                .map_err(smolvm_net::NetError::from)?;
+                config.log = n.log.clone();
+                let net = smolvm_net::Network::start(config).await?;
+                cfg.net = Some(NetDevice {
+                    socket: net.socket_path().to_path_buf(),
+                    mac: net.guest().mac,
+                });
+                Some(net)
+            }
+            None => None,
+        };
         trace::mark(&format!("config ready ({})", backend.describe()));
 
         let listener = UnixListener::bind(&cfg.agent_socket).map_err(|source| VmError::Listen {
@@ -170,6 +238,22 @@ impl Vm {
             child,
             backend: vmm,
             run_dir,
+            network,
+        })
+    }
+
+    /// The guest side of the VM's network, for the agent's `setup`.
+    pub fn network_setup(&self) -> Option<NetworkSetup> {
+        self.network.as_ref().map(|n| {
+            let g = n.guest();
+            NetworkSetup {
+                mac: g.mac,
+                address: g.address,
+                prefix_len: g.prefix_len,
+                gateway: g.gateway,
+                nameservers: vec![g.nameserver],
+                mtu: g.mtu,
+            }
         })
     }
 

@@ -239,6 +239,16 @@ impl Cidr {
         }
         Ok(network)
     }
+
+    /// Whether `ip` is in this network (never across address families).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.addr.is_ipv4() && network_address(ip, self.prefix) == self.addr
+    }
+
+    /// Whether every address of this network is also in `other`.
+    pub fn within(&self, other: &Cidr) -> bool {
+        self.prefix >= other.prefix && other.contains(self.addr)
+    }
 }
 
 fn network_address(addr: IpAddr, prefix: u8) -> IpAddr {
@@ -299,6 +309,18 @@ impl HostPattern {
             Err(format!(
                 "expected a hostname like example.com or *.example.com, found {text:?}"
             ))
+        }
+    }
+
+    /// Whether the DNS name `name` (any case, an optional trailing dot) is this host, or for
+    /// `*.example.com` any name below `example.com` (not `example.com` itself).
+    pub fn matches(&self, name: &str) -> bool {
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        match self.0.strip_prefix("*.") {
+            Some(domain) => name
+                .strip_suffix(domain)
+                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+            None => name == self.0,
         }
     }
 
@@ -757,5 +779,38 @@ mod tests {
             check_guest_path("/a/.."),
             Err("expected a guest path without \"..\", found \"/a/..\"".into())
         );
+    }
+
+    #[test]
+    fn cidr_membership() {
+        let net = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(net.contains("10.1.255.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(
+            !net.contains("::ffff:10.1.0.1".parse().unwrap()),
+            "no cross-family match"
+        );
+        let all = Cidr::parse("0.0.0.0/0").unwrap();
+        assert!(all.contains("169.254.169.254".parse().unwrap()));
+        let v6 = Cidr::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!(!v6.contains("fe80::1".parse().unwrap()));
+        let metadata = Cidr::parse("169.254.0.0/16").unwrap();
+        assert!(Cidr::parse("169.254.169.254").unwrap().within(&metadata));
+        assert!(!all.within(&metadata));
+    }
+
+    #[test]
+    fn host_patterns_match_names() {
+        let exact = HostPattern::parse("Example.com").unwrap();
+        assert!(exact.matches("example.com") && exact.matches("EXAMPLE.com."));
+        assert!(!exact.matches("www.example.com") && !exact.matches("badexample.com"));
+        let wild = HostPattern::parse("*.example.com").unwrap();
+        assert!(wild.matches("a.example.com") && wild.matches("a.b.example.com"));
+        assert!(
+            !wild.matches("example.com"),
+            "a wildcard is for subdomains only"
+        );
+        assert!(!wild.matches("badexample.com") && !wild.matches(".example.com"));
     }
 }

@@ -6,6 +6,7 @@
 //! verified once; otherwise it is materialized too. Nothing is written next to the pack.
 
 use serde::Serialize;
+use smolvm_net::PortForward;
 use smolvm_pack_format::cache::{CachedSection, SectionCache, SectionError};
 use smolvm_pack_format::{FormatError, Pack, SectionKind};
 use smolvm_protocol::{Exec, Lower, Setup, Upper};
@@ -13,7 +14,7 @@ use smolvm_runtime::attach::Outcome;
 use smolvm_runtime::backend::{self, Backend, BackendKind, Boot, Disk, NoBackend};
 use smolvm_runtime::machine::{self, MachineDir, MachineError, MachineSpec, Status};
 use smolvm_runtime::run::{RunRequest, run_ephemeral};
-use smolvm_runtime::{VmError, VmSpec, trace};
+use smolvm_runtime::{NetworkSpec, VmError, VmSpec, trace};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -30,7 +31,9 @@ pub enum AppError {
         "this machine was packed for {packed} hosts; this host is {HOST_PLATFORM}: pack it again on (or for) this platform"
     )]
     WrongHost { packed: String },
-    #[error("this machine needs networking, which this version of smolvm does not provide yet")]
+    #[error(
+        "this machine needs networking, which a started (background) machine does not have yet: use `run`"
+    )]
     NeedsNetwork,
     #[error(transparent)]
     Section(#[from] SectionError),
@@ -96,6 +99,10 @@ pub struct RunOptions {
     pub force_extract: bool,
     /// Host directories shared with the guest (`-v`).
     pub volumes: Vec<smolfile::Volume>,
+    /// `--net`: a network even if the pack has none.
+    pub net: bool,
+    /// `-p`: port forwards on top of the pack's.
+    pub publish: Vec<smolfile::Port>,
 }
 
 impl App {
@@ -201,13 +208,42 @@ impl App {
         )))
     }
 
-    /// What every way of booting the pack requires of this host and this smolvm.
-    fn check_runnable(&self) -> Result<(), AppError> {
-        self.check_host()?;
-        if self.pack.manifest().network.enabled {
-            return Err(AppError::NeedsNetwork);
+    /// The network the pack's manifest asks for, plus `--net` and `-p` (`None`: no network).
+    /// Its allow lists apply whichever turned the network on.
+    fn network(
+        &self,
+        net: bool,
+        publish: &[smolfile::Port],
+    ) -> Result<Option<NetworkSpec>, AppError> {
+        let m = &self.pack.manifest().network;
+        let bad =
+            |what: &str, e: String| AppError::Invalid(format!("the pack's network {what}: {e}"));
+        let mut spec = NetworkSpec::default();
+        for h in &m.allow_hosts {
+            spec.rules
+                .allow_hosts
+                .push(smolfile::HostPattern::parse(h).map_err(|e| bad("allow_hosts", e))?);
         }
-        Ok(())
+        for c in &m.allow_cidrs {
+            spec.rules
+                .allow_cidrs
+                .push(smolfile::Cidr::parse(c).map_err(|e| bad("allow_cidrs", e))?);
+        }
+        for p in &m.ports {
+            let port = smolfile::Port::parse(p).map_err(|e| bad("ports", e))?;
+            spec.forwards.push(PortForward::from_port(&port));
+        }
+        spec.forwards
+            .extend(publish.iter().map(PortForward::from_port));
+        if !(m.enabled || net) {
+            if let Some(p) = publish.first() {
+                return Err(AppError::Invalid(format!(
+                    "-p {p} forwards a port over the VM's network, which this machine does not have: add --net"
+                )));
+            }
+            return Ok(None);
+        }
+        Ok(Some(spec))
     }
 
     /// The command the pack runs by default: its entrypoint and cmd.
@@ -250,7 +286,8 @@ impl App {
 
     /// An ephemeral VM from the pack, running one command.
     pub async fn run(&self, o: RunOptions) -> Result<Outcome, AppError> {
-        self.check_runnable()?;
+        self.check_host()?;
+        let network = self.network(o.net, &o.publish)?;
         let backend = backend::select(o.backend.unwrap_or(BackendKind::Auto))?;
         let (shares, mounts) = smolvm_runtime::volume::shares(&o.volumes, backend.share_fs())?;
         // `prepared` holds the cache entries (shared locks) until the VM is gone.
@@ -276,6 +313,7 @@ impl App {
                 boot: prepared.boot.clone(),
                 disks,
                 shares,
+                network,
             },
             setup: Setup {
                 hostname: self.name.clone(),
@@ -283,6 +321,7 @@ impl App {
                 upper: Upper::Tmpfs,
                 workspace: None,
                 mounts,
+                network: None,
             },
             init: vec![],
             exec,
@@ -321,7 +360,11 @@ impl App {
         sizes: DiskSizes,
         force: bool,
     ) -> Result<MachineSpec, AppError> {
-        self.check_runnable()?;
+        self.check_host()?;
+        // The supervisor does not host a network yet.
+        if self.pack.manifest().network.enabled {
+            return Err(AppError::NeedsNetwork);
+        }
         dir.create()?;
         let sections = [
             (SectionKind::Kernel, "vmlinux"),

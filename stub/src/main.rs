@@ -91,6 +91,12 @@ struct RunArgs {
     /// Share a host directory with the guest, live (HOST:GUEST or HOST:GUEST:ro; repeatable)
     #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]", value_parser = smolvm_runtime::volume::parse_flag)]
     volumes: Vec<smolfile::Volume>,
+    /// Give the VM a network even if the machine was packed without one (its allow lists apply)
+    #[arg(long)]
+    net: bool,
+    /// Forward a host port to a guest port: HOST:GUEST or IP:HOST:GUEST (repeatable)
+    #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:GUEST", value_parser = smolfile::Port::parse)]
+    publish: Vec<smolfile::Port>,
 }
 
 #[derive(Args)]
@@ -159,6 +165,8 @@ fn dispatch(cli: Cli, name: String) -> Result<i32, AppError> {
                 backend: Some(backend(&a.vm.backend)?),
                 force_extract: a.vm.force_extract,
                 volumes: a.volumes,
+                net: a.net,
+                publish: a.publish,
             };
             let outcome = rt.block_on(app.run(opts))?;
             finish(rt, &outcome, a.timeout)

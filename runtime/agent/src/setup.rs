@@ -28,6 +28,9 @@ pub struct Root {
 
 pub fn apply(setup: &Setup) -> Result<Root, String> {
     crate::init::set_hostname(&setup.hostname);
+    if let Some(net) = &setup.network {
+        crate::net::configure(net).map_err(|e| format!("configuring the network: {e}"))?;
+    }
     let lower = match &setup.lower {
         Lower::Bare => PathBuf::from(BARE_ROOT),
         Lower::Disk { serial, fstype } => {
@@ -62,7 +65,12 @@ pub fn apply(setup: &Setup) -> Result<Root, String> {
     );
     mount("overlay", &root, "overlay", 0, &opts).map_err(|e| e.to_string())?;
     inner_mounts(&root).map_err(|e| e.to_string())?;
-    write_etc(&root, &setup.hostname).map_err(|e| format!("writing /etc files: {e}"))?;
+    write_etc(
+        &root,
+        &setup.hostname,
+        &crate::net::resolv_conf(setup.network.as_ref()),
+    )
+    .map_err(|e| format!("writing /etc files: {e}"))?;
     let workspace = root.join("workspace");
     std::fs::create_dir_all(&workspace).map_err(|e| format!("create /workspace: {e}"))?;
     open_up_when_fresh(&workspace);
@@ -152,7 +160,7 @@ fn inner_mounts(root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn write_etc(root: &Path, hostname: &str) -> std::io::Result<()> {
+fn write_etc(root: &Path, hostname: &str, resolv_conf: &str) -> std::io::Result<()> {
     let etc = root.join("etc");
     std::fs::create_dir_all(&etc)?;
     let files = [
@@ -163,11 +171,7 @@ fn write_etc(root: &Path, hostname: &str) -> std::io::Result<()> {
                 "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
             ),
         ),
-        (
-            "resolv.conf",
-            "# This VM has no network (smolvm runs VMs without one unless --net is given).\n"
-                .into(),
-        ),
+        ("resolv.conf", resolv_conf.to_string()),
     ];
     for (name, content) in files {
         let path = etc.join(name);

@@ -125,6 +125,9 @@ pub struct Setup {
     /// (a parent before anything inside it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
+    /// Configure the VM's network interface; without it the guest has only loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSetup>,
 }
 
 /// A host directory the VMM shares with the guest, and where it appears in the root.
@@ -149,6 +152,19 @@ pub enum ShareFs {
     /// virtio-fs (libkrun's built-in server).
     #[serde(rename = "virtiofs")]
     Virtiofs,
+}
+
+/// The guest side of the VM network: a static address on the one virtio-net interface, a
+/// default route through the gateway, and the resolver written to `/etc/resolv.conf`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct NetworkSetup {
+    /// The interface's MAC address, which names it among the guest's interfaces.
+    pub mac: [u8; 6],
+    pub address: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: std::net::Ipv4Addr,
+    pub nameservers: Vec<std::net::Ipv4Addr>,
+    pub mtu: u16,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

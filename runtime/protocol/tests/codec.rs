@@ -274,6 +274,7 @@ fn setup_mounts_are_optional_on_the_wire_and_name_their_filesystem() {
                 fs: ShareFs::Virtiofs,
             },
         ],
+        network: None,
     };
     let json = serde_json::to_value(Message::Setup(setup.clone())).unwrap();
     assert_eq!(

@@ -15,9 +15,12 @@
 //! - vsock without TSI (`krun_disable_implicit_vsock` + `krun_add_vsock(ctx, 0)`): TSI needs
 //!   guest kernel patches we do not carry; port [`VSOCK_PORT`] maps to our unix socket with
 //!   `listen = false`, i.e. the guest connects and libkrun connects to the host's socket;
-//! - the console (hvc0) written to the VM's console log with `krun_set_console_output`.
+//! - the console (hvc0) written to the VM's console log with `krun_set_console_output`;
+//! - with a network, `krun_add_net_unixstream` on the stack's socket, with no offload
+//!   features (the stack wants whole, checksummed frames) and no DHCP (the agent
+//!   configures the interface).
 
-use super::{Backend, BackendError, BackendKind, Disk, Share, VmConfig};
+use super::{Backend, BackendError, BackendKind, Disk, NetDevice, Share, VmConfig};
 use serde::{Deserialize, Serialize};
 use smolvm_protocol::{ShareFs, VSOCK_PORT};
 use std::path::PathBuf;
@@ -48,6 +51,10 @@ pub struct KrunConfig {
     pub vsock_port: u32,
     pub agent_socket: PathBuf,
     pub console_log: PathBuf,
+    /// A virtio-net device on the host stack's unix stream socket
+    /// (`krun_add_net_unixstream`), when the VM has a network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<NetDevice>,
 }
 
 impl KrunConfig {
@@ -64,6 +71,7 @@ impl KrunConfig {
             vsock_port: VSOCK_PORT,
             agent_socket: cfg.agent_socket.clone(),
             console_log: cfg.console_log.clone(),
+            net: cfg.net.clone(),
         }
     }
 }
@@ -170,6 +178,10 @@ fn run(config: &KrunConfig) -> Result<std::convert::Infallible, String> {
     let cmdline = cstr("kernel command line", &config.cmdline)?;
     let socket = path("agent socket path", &config.agent_socket)?;
     let console = path("console log path", &config.console_log)?;
+    let net = match &config.net {
+        Some(n) => Some((path("network socket path", &n.socket)?, n.mac)),
+        None => None,
+    };
     let disks = config
         .disks
         .iter()
@@ -220,6 +232,12 @@ fn run(config: &KrunConfig) -> Result<std::convert::Infallible, String> {
             "krun_add_vsock_port2",
             k::krun_add_vsock_port2(ctx, config.vsock_port, socket.as_ptr(), false),
         )?;
+        if let Some((socket, mac)) = &net {
+            check(
+                "krun_add_net_unixstream",
+                k::krun_add_net_unixstream(ctx, socket.as_ptr(), -1, mac.as_ptr(), 0, 0),
+            )?;
+        }
         for (id, p, ro) in &disks {
             check(
                 "krun_add_disk",
@@ -347,6 +365,26 @@ mod tests {
             }]
         );
         assert_eq!(Krun.share_fs(), ShareFs::Virtiofs);
+    }
+
+    #[test]
+    fn the_network_device_reaches_the_child_only_when_asked() {
+        let k = KrunConfig::from_vm(&vm());
+        assert_eq!(k.net, None);
+        let json = serde_json::to_string(&k).unwrap();
+        assert!(!json.contains("net"), "{json}");
+        let mut cfg = vm();
+        cfg.net = Some(NetDevice {
+            socket: "/run/smolvm/vm-1-0/net.sock".into(),
+            mac: [2, 0x53, 0x4d, 0, 0, 2],
+        });
+        let k = KrunConfig::from_vm(&cfg);
+        assert_eq!(k.net, cfg.net);
+        let back: KrunConfig = serde_json::from_slice(&serde_json::to_vec(&k).unwrap()).unwrap();
+        assert_eq!(
+            back.net.unwrap().socket,
+            PathBuf::from("/run/smolvm/vm-1-0/net.sock")
+        );
     }
 
     #[test]

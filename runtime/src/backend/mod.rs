@@ -110,6 +110,28 @@ pub struct VmConfig {
     pub run_dir: PathBuf,
     /// Show kernel messages on the console instead of booting `quiet`.
     pub verbose_console: bool,
+    /// The guest's virtio-net device, when the VM has a network.
+    pub net: Option<NetDevice>,
+}
+
+/// A virtio-net device whose frames go to the host's network stack over a unix stream
+/// socket (4-byte big-endian length before each frame).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetDevice {
+    /// The socket the stack listens on; the VMM connects to it.
+    pub socket: PathBuf,
+    pub mac: [u8; 6],
+}
+
+impl NetDevice {
+    /// `02:53:4d:00:00:02`, as QEMU's `mac=` takes it.
+    pub fn mac_string(&self) -> String {
+        self.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -143,6 +165,7 @@ impl VmConfig {
             console_log: run_dir.join("console.log"),
             run_dir,
             verbose_console: std::env::var_os("SMOLVM_CONSOLE").is_some_and(|v| v != "0"),
+            net: None,
         })
     }
 

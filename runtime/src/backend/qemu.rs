@@ -152,6 +152,18 @@ impl Qemu {
         // Pages the guest frees are reported and dropped from QEMU's memory (free page
         // reporting), so an idle machine gives back what a burst used.
         push(&["-device", "virtio-balloon-device,free-page-reporting=on"]);
+        if let Some(net) = &cfg.net {
+            // QEMU connects (server=off) to the socket our network stack listens on.
+            push(&[
+                "-netdev",
+                &format!(
+                    "stream,id=net0,server=off,addr.type=unix,addr.path={}",
+                    escape(&net.socket)
+                ),
+                "-device",
+                &format!("virtio-net-device,netdev=net0,mac={}", net.mac_string()),
+            ]);
+        }
         for (i, d) in cfg.disks.iter().enumerate() {
             push(&[
                 "-blockdev",
@@ -324,6 +336,37 @@ mod tests {
         );
         assert!(cmdline.ends_with("quiet"));
         assert!(value_of(&a, "-device").contains(&"virtio-balloon-device,free-page-reporting=on"));
+    }
+
+    #[test]
+    fn no_network_device_unless_asked_and_a_stream_netdev_when_asked() {
+        let a = args(false);
+        assert!(
+            value_of(&a, "-netdev").is_empty(),
+            "networking is off by default"
+        );
+        let mut cfg = config();
+        cfg.net = Some(crate::backend::NetDevice {
+            socket: "/run/x,y/net.sock".into(),
+            mac: [2, 0x53, 0x4d, 0, 0, 2],
+        });
+        let a: Vec<String> = Qemu {
+            binary: "qemu".into(),
+            kvm: false,
+            tsc_khz: None,
+        }
+        .args(&cfg)
+        .into_iter()
+        .map(|s| s.into_string().unwrap())
+        .collect();
+        assert_eq!(
+            value_of(&a, "-netdev"),
+            ["stream,id=net0,server=off,addr.type=unix,addr.path=/run/x,,y/net.sock"]
+        );
+        assert!(
+            value_of(&a, "-device")
+                .contains(&"virtio-net-device,netdev=net0,mac=02:53:4d:00:00:02")
+        );
     }
 
     #[test]

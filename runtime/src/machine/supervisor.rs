@@ -118,6 +118,7 @@ async fn run(dir: &MachineDir, report: &mut dyn FnMut(&str)) -> Result<(), Strin
         boot: spec.boot(),
         disks,
         shares,
+        network: None,
     };
     let vm = Vm::boot(&vm_spec).await.map_err(|e| e.to_string())?;
     let setup = Setup {
@@ -134,6 +135,7 @@ async fn run(dir: &MachineDir, report: &mut dyn FnMut(&str)) -> Result<(), Strin
         },
         workspace: Some(STORAGE_SERIAL.into()),
         mounts,
+        network: vm.network_setup(),
     };
     if let Err(e) = vm.agent().setup(setup).await {
         vm.shutdown().await;
