@@ -155,12 +155,11 @@ pub fn create(a: CreateArgs) -> anyhow::Result<i32> {
         return Err(StoreError::Exists(a.name).into());
     }
     let kind: BackendKind = a.backend.parse().map_err(anyhow::Error::msg)?;
-    if let Some(c) = a.cpus {
-        check_resources(c, a.memory.unwrap_or(smolfile::DEFAULT_MEMORY_MIB))?;
-    }
-    if let Some(m) = a.memory {
-        check_resources(a.cpus.unwrap_or(1), m)?;
-    }
+    // Bad flags are refused before a pull (the Smolfile's values were validated with it).
+    check_resources(
+        a.cpus.unwrap_or(smolfile::DEFAULT_CPUS),
+        a.memory.unwrap_or(smolfile::DEFAULT_MEMORY_MIB),
+    )?;
     let smolfile = match &a.smolfile {
         Some(path) => {
             Some(Smolfile::load(path).map_err(|d| anyhow::anyhow!("invalid Smolfile:\n{d}"))?)
@@ -520,12 +519,8 @@ pub fn exec(a: ExecArgs) -> anyhow::Result<i32> {
     let name = &a.name.name;
     let (_, _, dir) = open(name)?;
     let spec = dir.read_spec()?;
-    let mut env = spec.env.clone();
-    for kv in attach::env_flags(&a.env, a.tty).map_err(anyhow::Error::msg)? {
-        let key = kv.split('=').next().unwrap_or_default().to_string();
-        env.retain(|e| e.split('=').next() != Some(key.as_str()));
-        env.push(kv);
-    }
+    let flags = attach::env_flags(&a.env, a.tty).map_err(anyhow::Error::msg)?;
+    let env = smolfile::merge_env([&spec.env[..], &flags]);
     let argv = if a.command.is_empty() {
         vec!["/bin/sh".to_string()]
     } else {

@@ -14,8 +14,8 @@
 use crate::agent::AgentClient;
 use smolvm_protocol::transfer::{self, PumpError, fs};
 use smolvm_protocol::{
-    COPY_VERSION, Channel, CopyIn, CopyKind, CopyOut, ErrorReply, Event, Message, MuxError,
-    StreamReceiver, StreamSender,
+    COPY_VERSION, Channel, CopyIn, CopyKind, CopyOut, Copying, ErrorReply, Event, Message,
+    MuxError, StreamReceiver, StreamSender,
 };
 use std::io;
 use std::path::{Path, PathBuf};
@@ -139,26 +139,16 @@ pub async fn download(
     recursive: bool,
     mut progress: impl FnMut(Progress) + Send,
 ) -> Result<CopyReport, CopyError> {
-    check_version(client)?;
     let start = Instant::now();
-    let stream = client.mux().open(Message::CopyOut(CopyOut {
-        path: guest_src.to_string(),
-        recursive,
-        snapshot: false,
-    }))?;
-    let (tx, mut rx) = stream.split();
-    let guard = CancelOnDrop(Some(tx));
-    let info = match rx.recv().await {
-        Some(Event::Control(Message::Copying(info))) => info,
-        Some(Event::Control(Message::Error(reply))) => {
-            return Err(CopyError::Guest {
-                path: guest_src.to_string(),
-                reply,
-            });
-        }
-        Some(other) => return Err(CopyError::Unexpected(format!("{other:?}"))),
-        None => return Err(closed()),
-    };
+    let (mut rx, guard, info) = open_copy_out(
+        client,
+        CopyOut {
+            path: guest_src.to_string(),
+            recursive,
+            snapshot: false,
+        },
+    )
+    .await?;
     let name = Path::new(guest_src)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -212,26 +202,16 @@ pub async fn snapshot_root(
     out: &Path,
     mut progress: impl FnMut(Progress) + Send,
 ) -> Result<CopyReport, CopyError> {
-    check_version(client)?;
     let start = Instant::now();
-    let stream = client.mux().open(Message::CopyOut(CopyOut {
-        path: "/".into(),
-        recursive: true,
-        snapshot: true,
-    }))?;
-    let (tx, mut rx) = stream.split();
-    let guard = CancelOnDrop(Some(tx));
-    match rx.recv().await {
-        Some(Event::Control(Message::Copying(_))) => {}
-        Some(Event::Control(Message::Error(reply))) => {
-            return Err(CopyError::Guest {
-                path: "/".into(),
-                reply,
-            });
-        }
-        Some(other) => return Err(CopyError::Unexpected(format!("{other:?}"))),
-        None => return Err(closed()),
-    }
+    let (mut rx, guard, _) = open_copy_out(
+        client,
+        CopyOut {
+            path: "/".into(),
+            recursive: true,
+            snapshot: true,
+        },
+    )
+    .await?;
     let path = out.to_path_buf();
     let mut bytes = 0;
     let received = transfer::receive_into(
@@ -263,6 +243,24 @@ pub async fn snapshot_root(
         bytes,
         elapsed: start.elapsed(),
     })
+}
+
+/// Sends a `copy_out` and waits for the agent's `copying`: the stream to read the data
+/// from, a guard that cancels the copy unless disarmed, and what is coming.
+async fn open_copy_out(
+    client: &AgentClient,
+    req: CopyOut,
+) -> Result<(StreamReceiver, CancelOnDrop, Copying), CopyError> {
+    check_version(client)?;
+    let path = req.path.clone();
+    let (tx, mut rx) = client.mux().open(Message::CopyOut(req))?.split();
+    let guard = CancelOnDrop(Some(tx));
+    match rx.recv().await {
+        Some(Event::Control(Message::Copying(info))) => Ok((rx, guard, info)),
+        Some(Event::Control(Message::Error(reply))) => Err(CopyError::Guest { path, reply }),
+        Some(other) => Err(CopyError::Unexpected(format!("{other:?}"))),
+        None => Err(closed()),
+    }
 }
 
 /// Waits for the agent's verdict that ends a copy stream.

@@ -95,7 +95,7 @@ mod values;
 use std::path::Path;
 
 pub use diagnostic::{Diagnostic, Diagnostics};
-pub use merge::{Effective, ImageConfig, Overrides, Purpose, merge};
+pub use merge::{Effective, ImageConfig, Overrides, Purpose, merge, merge_env};
 pub use model::{
     Artifact, Auth, DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DEFAULT_OVERLAY_GIB, DEFAULT_STORAGE_GIB,
     Dev, Health, MAX_CPUS, MAX_MEMORY_MIB, MIN_DISK_GIB, MIN_MEMORY_MIB, Network, Restart,

@@ -195,18 +195,7 @@ pub fn merge(
             .or_else(|| file.image.as_ref().map(ToString::to_string)),
         entrypoint: entrypoint.unwrap_or(&image.entrypoint).clone(),
         cmd,
-        env: latest_per_key(
-            [&image.env, &file.env, &dev.env, &cli.env]
-                .into_iter()
-                .flatten()
-                .cloned(),
-            |entry| {
-                entry
-                    .split_once('=')
-                    .map_or(entry.as_str(), |(key, _)| key)
-                    .to_owned()
-            },
-        ),
+        env: merge_env([&image.env[..], &file.env, &dev.env, &cli.env]),
         workdir: cli
             .workdir
             .clone()
@@ -244,6 +233,16 @@ pub fn merge(
             .clone()
             .or_else(|| artifact.oci_platform.clone()),
     }
+}
+
+/// `KEY=VALUE` lists merged in order: a later entry wins for its key, in the place where
+/// the key first appeared.
+pub fn merge_env<'a>(layers: impl IntoIterator<Item = &'a [String]>) -> Vec<String> {
+    latest_per_key(layers.into_iter().flatten().cloned(), |entry| {
+        entry
+            .split_once('=')
+            .map_or(entry.clone(), |(key, _)| key.to_string())
+    })
 }
 
 /// Keeps one item per key: a later item replaces an earlier one in the earlier one's

@@ -254,16 +254,10 @@ impl App {
 
     fn exec_request(&self, command: Vec<String>, env: &[String], workdir: Option<String>) -> Exec {
         let run = &self.pack.manifest().run;
-        // Flags win per key over the pack's environment.
-        let mut merged = run.env.clone();
-        for kv in env {
-            let key = kv.split('=').next().unwrap_or("");
-            merged.retain(|e| e.split('=').next() != Some(key));
-            merged.push(kv.clone());
-        }
         Exec {
             argv: command,
-            env: merged,
+            // Flags win per key over the pack's environment.
+            env: smolfile::merge_env([&run.env[..], env]),
             workdir: workdir.or_else(|| run.workdir.clone()),
             user: run.user.clone(),
             ..Default::default()
