@@ -6,15 +6,12 @@
 //! with `smolvm_runtime::copy`, the engine of `smolvm machine cp`, and prints the median
 //! MB/s each way with the conditions (backend, load average).
 
+#[path = "common.rs"]
+mod common;
 use smolvm_protocol::{Exec, Lower, Setup, Upper};
 use smolvm_runtime::{BackendKind, GuestAssets, Vm, VmSpec, attach, backend, copy};
 use std::io::Write;
 use std::path::PathBuf;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 fn guest_dir() -> PathBuf {
     std::env::var_os("SMOLVM_GUEST_DIR")
@@ -108,12 +105,12 @@ async fn main() {
     );
     println!(
         "upload   (host -> VM): median {:.1} MB/s  (runs: {})",
-        median(up.clone()),
+        common::median(up.clone()),
         fmt(&up)
     );
     println!(
         "download (VM -> host): median {:.1} MB/s  (runs: {})",
-        median(down.clone()),
+        common::median(down.clone()),
         fmt(&down)
     );
     vm.shutdown().await;

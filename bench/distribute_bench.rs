@@ -12,6 +12,8 @@
 //! Anchors on this machine: oci-client blob pull ~500 MB/s to a file, monolithic push
 //! ~190 MB/s.
 
+#[path = "common.rs"]
+mod common;
 use smolvm_pack::distribute::{pull_pack, push_pack};
 use smolvm_pack::format::{
     Compression, Manifest, SectionInput, SectionKind, SectionSource, write_pack,
@@ -20,11 +22,6 @@ use smolvm_registry::testutil::{Security, TestRegistry};
 use smolvm_registry::{BlobCache, Event, Progress, PullOptions, Puller, Reference};
 use std::sync::Arc;
 use std::time::Instant;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 /// Incompressible bytes from a fixed seed (xorshift), so every run packs the same file.
 fn noise(len: usize, mut seed: u64) -> Vec<u8> {
@@ -111,7 +108,7 @@ fn main() {
         std::fs::remove_dir_all(&cache).unwrap();
         std::fs::remove_file(&out).unwrap();
     }
-    let rate = |secs: &[f64]| mb / median(secs.to_vec());
+    let rate = |secs: &[f64]| mb / common::median(secs.to_vec());
     let list = |secs: &[f64]| {
         secs.iter()
             .map(|s| format!("{:.0}", mb / s))
@@ -129,7 +126,7 @@ fn main() {
     );
     println!(
         "push again, all present:  {:>6.0} ms",
-        median(repush) * 1000.0
+        common::median(repush) * 1000.0
     );
     println!(
         "pull to a file, empty cache: {:>6.0} MB/s  (runs {})",

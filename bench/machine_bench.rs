@@ -7,14 +7,11 @@
 //! - the host RSS of an idle machine's supervisor (its own memory, not the VMM's)
 //! - `machine stop`
 
+#[path = "common.rs"]
+mod common;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 struct Bench {
     home: tempfile::TempDir,
@@ -40,15 +37,6 @@ impl Bench {
         );
         (ms, String::from_utf8_lossy(&out.stdout).into_owned())
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn main() {
@@ -78,7 +66,7 @@ fn main() {
         std::thread::sleep(std::time::Duration::from_secs(1));
         let (_, status) = b.run(&["machine", "status", "-n", "bench", "--json"]);
         let json: serde_json::Value = serde_json::from_str(&status).unwrap();
-        rss.push(rss_kib(json["pid"].as_u64().unwrap() as u32) as f64);
+        rss.push(common::rss_kib(json["pid"].as_u64().unwrap() as u32) as f64);
         stops.push(b.run(&["machine", "stop", "-n", "bench"]).0);
     }
     b.run(&["machine", "delete", "bench"]);
@@ -91,19 +79,19 @@ fn main() {
     println!("machine_bench: {runs} runs, bare machine, {cpus} vCPU / {mem} MiB, /dev/kvm {kvm}");
     println!(
         "  start -> first exec answered  {:8.0} ms (median)",
-        median(start_ready)
+        common::median(start_ready)
     );
     println!(
         "  warm exec -- true round trip  {:8.1} ms (median of {})",
-        median(execs.clone()),
+        common::median(execs.clone()),
         execs.len()
     );
     println!(
         "  idle supervisor RSS           {:8.0} KiB (median)",
-        median(rss)
+        common::median(rss)
     );
     println!(
         "  stop                          {:8.0} ms (median)",
-        median(stops)
+        common::median(stops)
     );
 }

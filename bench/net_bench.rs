@@ -13,6 +13,8 @@
 //!   stack runs; QEMU is a separate process) from /proc/PID/stat, as getrusage would give it
 //!   for that process, over each transfer.
 
+#[path = "common.rs"]
+mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -63,13 +65,7 @@ fn main() {
         .map(|a| a.parse().expect("MB"))
         .unwrap_or(100);
     let bytes = mb * 1_000_000;
-    let release: PathBuf = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .into();
+    let release: PathBuf = common::release_dir();
     let home = tempfile::tempdir().unwrap();
     let (events_tx, events) = mpsc::channel::<(&str, Instant, usize)>();
 
@@ -223,20 +219,7 @@ fn main() {
         .map(|v| v.split(',').map(|x| x.parse().unwrap()).collect())
         .expect("the guest printed its local loop time");
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "network benchmark; {} x {cpu}; load {}",
-        thread::available_parallelism().unwrap(),
-        load.split(' ').next().unwrap_or("?")
-    );
+    println!("network benchmark; {}", common::host_conditions());
     println!("VM: 1 vCPU, 1024 MiB, qemu TCG (software emulation bounds every figure)");
     transfer("up_start", "up_end").report("guest -> host TCP (--net)");
     transfer("down_start", "down_end").report("host -> guest TCP (--net)");

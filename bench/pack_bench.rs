@@ -11,15 +11,12 @@
 //! - `pack create` time for the ~100 MB image, image already cached and from nothing (goal <= 3 s)
 //! - stub size (goal <= 12 MB stripped) and the packed busybox app's size (goal <= 25 MB)
 
+#[path = "common.rs"]
+mod common;
 use smolvm_registry::testutil::{self, Format, Security, TestRegistry};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 struct Bench {
     home: tempfile::TempDir,
@@ -78,13 +75,7 @@ fn main() {
     let runs: usize = std::env::args()
         .nth(1)
         .map_or(10, |r| r.parse().expect("RUNS is a number"));
-    let release = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let release = common::release_dir();
     for bin in ["smolvm", "smolvm-stub"] {
         assert!(
             release.join(bin).exists(),
@@ -138,7 +129,7 @@ fn main() {
     ];
     args.extend(vm);
     let (create_cold, _) = b.timed(&b.smolvm(), &args);
-    let create_warm = median((0..3).map(|_| b.timed(&b.smolvm(), &args).0).collect());
+    let create_warm = common::median((0..3).map(|_| b.timed(&b.smolvm(), &args).0).collect());
 
     let small_app = out.join("bb");
     let mut args = vec![
@@ -192,23 +183,16 @@ fn main() {
         .len();
     let app_size = std::fs::metadata(&small_app).unwrap().len();
     let big_size = std::fs::metadata(&big_app).unwrap().len();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "pack benchmark, {} runs; {} x {cpu}; load {}",
+        "pack benchmark, {} runs; {}",
         runs,
-        std::thread::available_parallelism().unwrap(),
-        load.split(' ').next().unwrap_or("?")
+        common::host_conditions()
     );
     println!("VM: 1 vCPU, 512 MiB (TCG on this host)");
-    let (a, s) = (median(app_walls.clone()), median(smol_walls.clone()));
+    let (a, s) = (
+        common::median(app_walls.clone()),
+        common::median(smol_walls.clone()),
+    );
     println!(
         "warm `./app run -- true`                  median {a:7.0} ms  (min {:.0})",
         app_walls.iter().cloned().fold(f64::MAX, f64::min)
@@ -223,10 +207,10 @@ fn main() {
     );
     println!(
         "host overhead exec -> VMM start: app {:.2} ms, smolvm {:.2} ms  (goal <= 10 ms; ms since main())",
-        median(app_spawn),
-        median(smol_spawn)
+        common::median(app_spawn),
+        common::median(smol_spawn)
     );
-    let (c, w) = (median(cold.clone()), median(warm.clone()));
+    let (c, w) = (common::median(cold.clone()), common::median(warm.clone()));
     println!(
         "~100 MB pack ({} MB): VMM start cold {c:.1} ms, warm {w:.1} ms: first-run extra {:.1} ms  (goal <= 150 ms)",
         big_size / 1_000_000,

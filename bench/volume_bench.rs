@@ -10,6 +10,8 @@
 //! Each read is done with `cat` (small reads, as most tools do) and `dd bs=1M`. Needs the
 //! binaries in target/release (cargo build --release --workspace) and the guest assets.
 
+#[path = "common.rs"]
+mod common;
 use smolvm_registry::testutil::{self, Format, Security, TestRegistry};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -24,22 +26,11 @@ const VARIANTS: [(&str, &str); 3] = [
     ("/v-small", "msize=65536,cache=mmap"),
 ];
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn main() {
     let runs: usize = std::env::args()
         .nth(1)
         .map_or(3, |r| r.parse().expect("RUNS is a number"));
-    let release = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let release = common::release_dir();
     let smolvm = release.join("smolvm");
     assert!(
         smolvm.exists(),
@@ -137,19 +128,9 @@ fn main() {
         }
     }
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_default();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "volume benchmark: {runs} runs, 200 MiB incompressible file, guest cache dropped before each read; {} x {cpu}; load {}",
-        std::thread::available_parallelism().unwrap(),
-        load.split(' ').next().unwrap_or("?")
+        "volume benchmark: {runs} runs, 200 MiB incompressible file, guest cache dropped before each read; {}",
+        common::host_conditions()
     );
     println!("VM: 1 vCPU, 1024 MiB; MB/s = 10^6 bytes/s, median (min-max) of the runs");
     for (what, file) in &files {
@@ -162,7 +143,7 @@ fn main() {
                 .fold((f64::MAX, f64::MIN), |(l, h), &s| (l.min(s), h.max(s)));
             row.push_str(&format!(
                 "  {tool} {:6.0} MB/s ({:.0}-{:.0})",
-                mbs(median(secs.clone())),
+                mbs(common::median(secs.clone())),
                 mbs(hi),
                 mbs(lo)
             ));
