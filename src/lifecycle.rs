@@ -12,7 +12,7 @@ use smolfile::{Overrides, Purpose, Smolfile};
 use smolvm_runtime::machine::{
     self, MachineDir, MachineError, MachineRecord, MachineSpec, MachineStore, Status, StoreError,
 };
-use smolvm_runtime::{BackendKind, Disk, GuestAssets, attach};
+use smolvm_runtime::{BackendKind, Disk, GuestAssets, NetworkSpec, attach};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -68,6 +68,8 @@ pub struct CreateArgs {
     /// A shell command run on every start (repeatable, in order; each must succeed)
     #[arg(long, value_name = "CMD")]
     init: Vec<String>,
+    #[command(flatten)]
+    net: crate::machine::NetArgs,
     /// Image platform (default: this host's)
     #[arg(long, value_name = "OS/ARCH", value_parser = smolfile::Platform::parse)]
     platform: Option<smolfile::Platform>,
@@ -171,7 +173,7 @@ pub fn create(a: CreateArgs) -> anyhow::Result<i32> {
         .iter()
         .map(|v| smolvm_runtime::volume::parse_flag(v).map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let overrides = Overrides {
+    let mut overrides = Overrides {
         image: a.image,
         env: attach::env_flags(&a.env, false).map_err(anyhow::Error::msg)?,
         workdir: a.workdir,
@@ -184,11 +186,12 @@ pub fn create(a: CreateArgs) -> anyhow::Result<i32> {
         platform: a.platform,
         ..Default::default()
     };
+    a.net.apply(&mut overrides);
     let rt = crate::runtime()?;
     let base = smolfile::merge(Purpose::Create, smolfile.as_ref(), &overrides, None);
-    if !base.ports.is_empty() || base.net {
-        bail!("ports and networking are not available for machines in this build yet");
-    }
+    // Checked now (no -p without a network), kept for every start.
+    let network = smolvm_runtime::network::settings(&base);
+    NetworkSpec::from_settings(&network).map_err(anyhow::Error::msg)?;
     // Checked now (they must be directories), kept as absolute paths for every start.
     smolvm_runtime::volume::shares(&base.volumes, smolvm_protocol::ShareFs::NineP)?;
 
@@ -242,6 +245,9 @@ pub fn create(a: CreateArgs) -> anyhow::Result<i32> {
             .or(smolfile.as_ref().and_then(|s| s.memory))
             .unwrap_or(res.memory_mib);
         apply_effective(&mut spec, &eff);
+        // The pack's network, with the flags and Smolfile on top.
+        spec.network = smolvm_runtime::network::layered(&spec.network, &network);
+        NetworkSpec::from_settings(&spec.network).map_err(anyhow::Error::msg)?;
         check_resources(spec.cpus, spec.memory_mib)?;
         reservation.dir.write_spec(&spec)?;
         store.mark_ready(&a.name)?;
@@ -308,6 +314,7 @@ pub fn create(a: CreateArgs) -> anyhow::Result<i32> {
         health: None,
         restart: Default::default(),
         volumes: vec![],
+        network,
     };
     apply_effective(&mut spec, &eff);
     dir.write_spec(&spec)?;
@@ -428,6 +435,9 @@ struct MachineView {
     status: Status,
     cpus: Option<u32>,
     memory_mib: Option<u32>,
+    /// The network settings; absent when the machine has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<smolvm_runtime::NetworkSettings>,
     /// Bytes the machine's files occupy on the host (disks are sparse).
     disk_usage: u64,
     dir: PathBuf,
@@ -451,6 +461,7 @@ fn view(store: &MachineStore, record: MachineRecord) -> MachineView {
         },
         cpus: spec.as_ref().map(|s| s.cpus),
         memory_mib: spec.as_ref().map(|s| s.memory_mib),
+        network: spec.and_then(|s| s.network.enabled.then_some(s.network)),
         disk_usage,
         dir: dir.path().to_path_buf(),
         record,
@@ -481,12 +492,38 @@ pub fn status(name: &str, json: bool) -> anyhow::Result<i32> {
     if let (Some(c), Some(m)) = (v.cpus, v.memory_mib) {
         println!("resources: {c} vCPU, {m} MiB");
     }
+    if let Some(n) = &v.network {
+        println!("network:   {}", describe_network(n));
+    }
     println!(
         "disk:      {} used",
         crate::machine::human_bytes(v.disk_usage)
     );
     println!("directory: {}", v.dir.display());
     Ok(0)
+}
+
+/// One line: what the guest may reach, and the port forwards.
+fn describe_network(n: &smolvm_runtime::NetworkSettings) -> String {
+    let mut egress = if n.localhost_only {
+        "host loopback only".to_string()
+    } else if n.allow_hosts.is_empty() && n.allow_cidrs.is_empty() {
+        "outbound allowed".to_string()
+    } else {
+        format!(
+            "outbound only to {}",
+            n.allow_hosts
+                .iter()
+                .chain(&n.allow_cidrs)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    if !n.ports.is_empty() {
+        egress.push_str(&format!("; ports {}", n.ports.join(", ")));
+    }
+    egress
 }
 
 pub fn list(json: bool) -> anyhow::Result<i32> {

@@ -108,6 +108,19 @@ pub struct RunArgs {
     /// Kill the command after this long (e.g. 30s, 5m); smolvm then exits with 124
     #[arg(long, value_name = "DURATION", value_parser = smolfile::parse_duration)]
     timeout: Option<Duration>,
+    #[command(flatten)]
+    net: NetArgs,
+    /// VM backend: krun needs hardware virtualization, qemu also runs without it
+    #[arg(long, default_value = "auto", value_parser = ["auto", "krun", "qemu"])]
+    backend: String,
+    /// The command and its arguments (default: a shell)
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+/// The network flags of `machine run` and `machine create`.
+#[derive(Args)]
+pub struct NetArgs {
     /// Give the VM a network (outbound TCP/UDP and DNS through the host; off by default)
     #[arg(long)]
     net: bool,
@@ -123,12 +136,17 @@ pub struct RunArgs {
     /// Forward a host port to a guest port: HOST:GUEST or IP:HOST:GUEST (repeatable; needs a network)
     #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:GUEST", value_parser = smolfile::Port::parse)]
     publish: Vec<smolfile::Port>,
-    /// VM backend: krun needs hardware virtualization, qemu also runs without it
-    #[arg(long, default_value = "auto", value_parser = ["auto", "krun", "qemu"])]
-    backend: String,
-    /// The command and its arguments (default: a shell)
-    #[arg(last = true, value_name = "CMD")]
-    command: Vec<String>,
+}
+
+impl NetArgs {
+    /// The flags as merge overrides (they add to a Smolfile's lists).
+    pub fn apply(self, o: &mut Overrides) {
+        o.net = self.net;
+        o.allow_hosts = self.allow_hosts;
+        o.allow_cidrs = self.allow_cidrs;
+        o.localhost_only = self.outbound_localhost_only;
+        o.ports = self.publish;
+    }
 }
 
 pub fn dispatch(cmd: MachineCommand) -> anyhow::Result<i32> {
@@ -165,7 +183,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let env = attach::env_flags(&args.env, args.tty).map_err(anyhow::Error::msg)?;
-    let overrides = Overrides {
+    let mut overrides = Overrides {
         image: args.image,
         cmd: args.command,
         env,
@@ -174,12 +192,9 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         memory: args.memory,
         platform: args.platform,
         volumes: args.volumes,
-        net: args.net || args.outbound_localhost_only,
-        allow_hosts: args.allow_hosts,
-        allow_cidrs: args.allow_cidrs,
-        ports: args.publish,
         ..Default::default()
     };
+    args.net.apply(&mut overrides);
     let rt = crate::runtime()?;
     // The image (if any) comes from the merge; its config then takes part in a second one.
     let first = smolfile::merge(Purpose::Run, smolfile.as_ref(), &overrides, None);
@@ -200,8 +215,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         &overrides,
         image.as_ref().map(|i| i.record.image_config()).as_ref(),
     );
-    let network = smolvm_runtime::NetworkSpec::from_effective(&eff, args.outbound_localhost_only)
-        .map_err(anyhow::Error::msg)?;
+    let network = smolvm_runtime::NetworkSpec::from_effective(&eff).map_err(anyhow::Error::msg)?;
     let mut argv = eff.argv();
     if argv.is_empty() {
         if image.is_some() {

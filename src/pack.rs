@@ -8,8 +8,8 @@ use clap::{Args, Subcommand};
 use smolfile::{Overrides, Purpose, Smolfile};
 use smolvm_pack::distribute;
 use smolvm_pack::format::{
-    self, Compression, ImageInfo, Manifest, Network, Resources, RunConfig, SectionInput,
-    SectionKind, SectionSource, write_pack,
+    self, Compression, ImageInfo, Manifest, Resources, RunConfig, SectionInput, SectionKind,
+    SectionSource, write_pack,
 };
 use smolvm_pack::sections::SectionCache;
 use smolvm_pack::stub;
@@ -164,6 +164,12 @@ pub struct RunArgs {
     /// Share a host directory with the guest, live (HOST:GUEST or HOST:GUEST:ro; repeatable)
     #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]", value_parser = smolvm_runtime::volume::parse_flag)]
     volumes: Vec<smolfile::Volume>,
+    /// Give the VM a network even if the machine was packed without one (its allow lists apply)
+    #[arg(long)]
+    net: bool,
+    /// Forward a host port to a guest port: HOST:GUEST or IP:HOST:GUEST (repeatable)
+    #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:GUEST", value_parser = smolfile::Port::parse)]
+    publish: Vec<smolfile::Port>,
     /// The command and its arguments (default: the pack's entrypoint and cmd)
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -226,6 +232,10 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         interactive: a.interactive,
         tty: attach::tty_size(a.tty),
         volumes: a.volumes,
+        net: smolvm_stub::NetFlags {
+            net: a.net,
+            publish: a.publish,
+        },
         ..Default::default()
     };
     let outcome = rt.block_on(app.run(opts))?;
@@ -329,16 +339,7 @@ fn create(a: CreateArgs) -> anyhow::Result<i32> {
             storage_gib: eff.storage,
             overlay_gib: eff.overlay,
         },
-        network: Network {
-            enabled: eff.net,
-            allow_hosts: eff
-                .allow_hosts
-                .iter()
-                .map(|h| h.as_str().to_string())
-                .collect(),
-            allow_cidrs: eff.allow_cidrs.iter().map(|c| c.to_string()).collect(),
-            ports: eff.ports.iter().map(|p| p.to_string()).collect(),
-        },
+        network: smolvm_runtime::network::settings(&eff),
         health: eff
             .health
             .as_ref()

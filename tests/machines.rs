@@ -13,26 +13,6 @@ fn code(o: &Output) -> Option<i32> {
     o.status.code()
 }
 
-fn machine_dir(home: &Home, name: &str) -> PathBuf {
-    home.dir.path().join("data/smolvm/machines").join(name)
-}
-
-fn supervisor_pid(home: &Home, name: &str) -> u32 {
-    let json: serde_json::Value =
-        serde_json::from_str(&home.ok(&["machine", "status", "-n", name, "--json"])).unwrap();
-    assert_eq!(json["state"], "running", "{json}");
-    json["pid"].as_u64().unwrap() as u32
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_bare_machine_keeps_its_files_across_execs_restarts_and_a_killed_supervisor() {
     let home = Home::new();

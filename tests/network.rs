@@ -558,3 +558,168 @@ fn packs_honour_their_network_settings_and_run_net() {
     );
     assert_eq!((out.as_str(), code), ("reached\n", Some(0)), "{err}");
 }
+
+#[test]
+fn a_machine_hosts_its_network_across_restarts_and_slow_readers_hold_no_memory() {
+    if !private_network(
+        "a_machine_hosts_its_network_across_restarts_and_slow_readers_hold_no_memory",
+    ) {
+        return;
+    }
+    http_server("198.51.100.9:80", "allowed\n");
+    http_server("198.51.100.8:80", "other\n");
+    let dns_port = dns_server(&[]);
+    let home = Home::new();
+    let smolvm = |args: &[&str]| {
+        let mut c = home.smolvm();
+        c.env("SMOLVM_DNS_UPSTREAM", format!("127.0.0.1:{dns_port}"))
+            .args(args);
+        c
+    };
+    let ok = |args: &[&str]| {
+        let out = smolvm(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let exec = |script: &str| ok(&["machine", "exec", "-n", "web", "--", "sh", "-c", script]);
+    let (web, slow) = (free_port(), free_port());
+    ok(&[
+        "machine",
+        "create",
+        "web",
+        "--cpus",
+        "1",
+        "--mem",
+        "512",
+        "--allow-cidr",
+        "198.51.100.9/32",
+        "--allow-host",
+        "host.smolvm.internal",
+        "-p",
+        &format!("{web}:8080"),
+        "-p",
+        &format!("{slow}:9000"),
+        "--init",
+        "mkdir -p /www && echo forwarded > /www/index.html && httpd -p 8080 -h /www",
+    ]);
+    let status = ok(&["machine", "status", "-n", "web"]);
+    assert!(
+        status.contains(&format!(
+            "network:   outbound only to host.smolvm.internal, 198.51.100.9/32; ports {web}:8080, {slow}:9000"
+        )),
+        "{status}"
+    );
+    ok(&["machine", "start", "-n", "web"]);
+    connect_retrying(web, 60);
+    let out = exec(
+        "timeout 10 wget -q -O- http://198.51.100.9/; echo allowed=$?
+         timeout 10 wget -q -O- http://198.51.100.8/ >/dev/null 2>&1; echo other=$?",
+    );
+    assert!(out.starts_with("allowed\nallowed=0\n"), "{out}");
+    assert_ne!(values(&out)["other"], "0", "{out}");
+    let log = std::fs::read_to_string(machine_dir(&home, "web").join("supervisor.log")).unwrap();
+    assert!(log.contains("denied TCP 198.51.100.8:80"), "{log}");
+
+    // Slow readers both ways, at once: the stack (in the supervisor) must hold back the
+    // sender, not buffer what the reader has not taken.
+    let pid = supervisor_pid(&home, "web");
+    let before = rss_kib(pid);
+    const UPLOAD: usize = 64 * 1024 * 1024;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink = listener.local_addr().unwrap().port();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let host_reader = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        wait.recv().unwrap();
+        let mut buf = Vec::new();
+        conn.read_to_end(&mut buf).unwrap();
+        buf.len()
+    });
+    let upload = smolvm(&[
+        "machine",
+        "exec",
+        "-n",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "dd if=/dev/zero bs=64k count={} 2>/dev/null | nc host.smolvm.internal {sink}",
+            UPLOAD / 65536
+        ),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let download = smolvm(&[
+        "machine",
+        "exec",
+        "-n",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "nc -l -p 9000 | (while [ ! -e /tmp/go ]; do sleep 0.2; done; wc -c)",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    assert!(
+        wait_for(30, || exec("netstat -ltn | grep -c ':9000 ' || true")
+            .trim()
+            != "0"),
+        "the guest's nc never listened"
+    );
+    let writer = thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", slow)).unwrap();
+        pattern(BIG, |c| s.write_all(c).unwrap());
+        s.shutdown(Shutdown::Write).unwrap();
+    });
+    thread::sleep(Duration::from_secs(12));
+    let during = rss_kib(pid);
+    eprintln!("supervisor RSS: {before} KiB before, {during} KiB with both readers stalled");
+    assert!(
+        !writer.is_finished(),
+        "200 MB went into a guest that reads nothing"
+    );
+    assert!(
+        during < before + 16 * 1024,
+        "the supervisor grew from {before} KiB to {during} KiB while its readers stalled"
+    );
+    go.send(()).unwrap();
+    exec("touch /tmp/go");
+    writer.join().unwrap();
+    assert_eq!(host_reader.join().unwrap(), UPLOAD);
+    let up = upload.wait_with_output().unwrap();
+    assert_eq!(up.status.code(), Some(0), "{}", stderr(&up));
+    let down = download.wait_with_output().unwrap();
+    assert_eq!(stdout(&down).trim(), BIG.to_string(), "{}", stderr(&down));
+
+    // The settings are the machine's: a restart forwards again, a stop frees the ports.
+    ok(&["machine", "stop", "-n", "web"]);
+    TcpListener::bind(("127.0.0.1", web)).expect("a stopped machine holds no port");
+    ok(&["machine", "start", "-n", "web"]);
+    connect_retrying(web, 60);
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    ok(&[
+        "machine",
+        "create",
+        "clash",
+        "--net",
+        "-p",
+        &format!("{port}:80"),
+    ]);
+    let clash = smolvm(&["machine", "start", "-n", "clash"])
+        .output()
+        .unwrap();
+    assert_ne!(clash.status.code(), Some(0));
+    assert!(
+        stderr(&clash).contains(&format!("cannot forward port 127.0.0.1:{port}")),
+        "{}",
+        stderr(&clash)
+    );
+    ok(&["machine", "delete", "-f", "web"]);
+}

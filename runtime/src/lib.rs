@@ -14,6 +14,7 @@ pub mod backend;
 pub mod copy;
 pub mod fsutil;
 pub mod machine;
+pub mod network;
 pub mod run;
 pub mod rundir;
 pub mod terminal;
@@ -25,7 +26,8 @@ pub mod volume;
 pub use agent::{AgentClient, AgentError};
 pub use assets::GuestAssets;
 pub use backend::{BackendKind, Disk, Share};
-pub use vm::{NetworkSpec, Vm, VmError, VmSpec};
+pub use network::{NetworkSettings, NetworkSpec};
+pub use vm::{Vm, VmError, VmSpec};
 
 /// SHA-256 of `bytes` as lowercase hex.
 pub fn digest_hex(bytes: &[u8]) -> String {

@@ -4,6 +4,7 @@ use crate::agent::{AgentClient, AgentError};
 use crate::backend::{
     Backend, BackendError, Boot, ConfigError, Disk, NetDevice, NoBackend, Share, VmConfig,
 };
+use crate::network::NetworkSpec;
 use crate::rundir::RunDir;
 use crate::trace;
 use smolvm_protocol::NetworkSetup;
@@ -31,48 +32,6 @@ pub struct VmSpec {
     pub shares: Vec<Share>,
     /// A network (virtio-net to the host's userspace stack); `None`: loopback only.
     pub network: Option<NetworkSpec>,
-}
-
-/// What the VM's network allows and forwards. The stack runs in this process for the VM's
-/// life (see [`smolvm_net::Network`]).
-#[derive(Debug, Clone, Default)]
-pub struct NetworkSpec {
-    pub rules: smolvm_net::Rules,
-    pub forwards: Vec<smolvm_net::PortForward>,
-    /// Where denials are logged; stderr when `None`.
-    pub log: Option<std::path::PathBuf>,
-}
-
-impl NetworkSpec {
-    /// The network a merged workload asks for (`None`: no network), plus
-    /// `--outbound-localhost-only`, which the Smolfile has no key for.
-    pub fn from_effective(
-        eff: &smolfile::Effective,
-        localhost_only: bool,
-    ) -> Result<Option<NetworkSpec>, String> {
-        if !eff.net {
-            if !eff.ports.is_empty() {
-                return Err(format!(
-                    "-p {} forwards a port over the VM's network, which is off: add --net (or limit egress with --allow-host, --allow-cidr or --outbound-localhost-only)",
-                    eff.ports[0]
-                ));
-            }
-            return Ok(None);
-        }
-        Ok(Some(NetworkSpec {
-            rules: smolvm_net::Rules {
-                allow_hosts: eff.allow_hosts.clone(),
-                allow_cidrs: eff.allow_cidrs.clone(),
-                localhost_only,
-            },
-            forwards: eff
-                .ports
-                .iter()
-                .map(smolvm_net::PortForward::from_port)
-                .collect(),
-            log: None,
-        }))
-    }
 }
 
 #[derive(Debug, Error)]

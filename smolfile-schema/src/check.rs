@@ -99,6 +99,8 @@ impl Checker<'_> {
             Some("allow_hosts")
         } else if !network.allow_cidrs.is_empty() {
             Some("allow_cidrs")
+        } else if network.localhost_only {
+            Some("outbound_localhost_only")
         } else {
             None
         };
@@ -151,6 +153,7 @@ impl Checker<'_> {
                 .list(t, "allow_cidrs", Cidr::parse)
                 .map(item_values)
                 .unwrap_or_default(),
+            localhost_only: self.bool(t, "outbound_localhost_only").unwrap_or(false),
         }
     }
 

@@ -19,9 +19,10 @@
 //! storage = 10                    # GiB, default 20
 //! overlay = 1                     # GiB, default 2
 //!
-//! [network]                       # either list turns the network on, limited to it
+//! [network]                       # any rule turns the network on, limited to it
 //! allow_hosts = ["pypi.org", "*.pythonhosted.org"]
 //! allow_cidrs = ["10.0.0.0/8"]
+//! outbound_localhost_only = false  # true: only the host's loopback
 //!
 //! [dev]                           # machine run / machine create only
 //! volumes = ["./site:/srv:ro"]    # HOST:GUEST[:ro|:rw], HOST relative to this file

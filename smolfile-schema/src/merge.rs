@@ -47,6 +47,8 @@ pub struct Overrides {
     pub allow_hosts: Vec<HostPattern>,
     /// `--allow-cidr`, parsed with [`Cidr::parse`].
     pub allow_cidrs: Vec<Cidr>,
+    /// `--outbound-localhost-only`.
+    pub localhost_only: bool,
     /// `--storage` in GiB.
     pub storage: Option<u32>,
     /// `--overlay` in GiB.
@@ -101,6 +103,8 @@ pub struct Effective {
     pub allow_hosts: Vec<HostPattern>,
     /// Networks the guest may reach; empty with `net` means no address limit.
     pub allow_cidrs: Vec<Cidr>,
+    /// Egress only to the host's loopback.
+    pub localhost_only: bool,
     /// Persistent storage disk in GiB.
     pub storage: u32,
     /// Writable overlay in GiB.
@@ -135,7 +139,8 @@ impl Effective {
 ///   Smolfile volume on the same guest path or port on the same host address and port.
 /// - cpus, memory: flag, `[artifact]` (packing), top level, defaults. storage, overlay:
 ///   flag, Smolfile, defaults.
-/// - net: on if `--net`, `net = true`, or any allowed host or CIDR from either side.
+/// - net: on if `--net`, `net = true`, or any egress rule (allowed host or CIDR,
+///   localhost only) from either side; localhost only holds if either side sets it.
 /// - platform: `--oci-platform`, `[artifact].oci_platform` (packing).
 pub fn merge(
     purpose: Purpose,
@@ -187,6 +192,7 @@ pub fn merge(
             .copied(),
         |c| *c,
     );
+    let localhost_only = cli.localhost_only || file.network.localhost_only;
 
     Effective {
         image: cli
@@ -220,9 +226,14 @@ pub fn merge(
             .or(artifact.memory)
             .or(file.memory)
             .unwrap_or(DEFAULT_MEMORY_MIB),
-        net: cli.net || file.net || !allow_hosts.is_empty() || !allow_cidrs.is_empty(),
+        net: cli.net
+            || file.net
+            || localhost_only
+            || !allow_hosts.is_empty()
+            || !allow_cidrs.is_empty(),
         allow_hosts,
         allow_cidrs,
+        localhost_only,
         storage: cli.storage.or(file.storage).unwrap_or(DEFAULT_STORAGE_GIB),
         overlay: cli.overlay.or(file.overlay).unwrap_or(DEFAULT_OVERLAY_GIB),
         health: file.health.clone(),

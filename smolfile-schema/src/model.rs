@@ -60,13 +60,15 @@ pub struct Smolfile {
     pub auth: Auth,
 }
 
-/// `[network]`: where the guest may connect. Either list being non-empty implies `net`.
+/// `[network]`: where the guest may connect. Any rule set here implies `net`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Network {
     /// `allow_hosts`: hostnames (optionally `*.` wildcards) the guest may reach.
     pub allow_hosts: Vec<HostPattern>,
     /// `allow_cidrs`: IPv4/IPv6 networks the guest may reach.
     pub allow_cidrs: Vec<Cidr>,
+    /// `outbound_localhost_only`: egress only to the host's loopback.
+    pub localhost_only: bool,
 }
 
 /// `[dev]`: development-time settings, used by `machine run` and `machine create`.

@@ -130,7 +130,7 @@ pub(crate) const ROOT: &[Key] = &[
     ),
     Key::new(
         "net",
-        "Give the guest a network. Implied by [network] allow_hosts or allow_cidrs.",
+        "Give the guest a network. Implied by [network] allow_hosts, allow_cidrs or outbound_localhost_only.",
         Ty::Bool,
     ),
     Key::new(
@@ -145,7 +145,7 @@ pub(crate) const ROOT: &[Key] = &[
     ),
     Key::new(
         "network",
-        "Egress allow lists. Either list turns the network on and limits it to what is listed.",
+        "Egress rules. Each turns the network on and limits it to what it names.",
         Ty::Table(NETWORK),
     ),
     Key::new(
@@ -181,6 +181,11 @@ const NETWORK: &[Key] = &[
         "allow_cidrs",
         "IPv4/IPv6 networks the guest may reach, e.g. \"10.0.0.0/8\"; a bare address means that host.",
         Ty::List(Syntax::Cidr),
+    ),
+    Key::new(
+        "outbound_localhost_only",
+        "Egress only to the host's loopback, reached as host.smolvm.internal.",
+        Ty::Bool,
     ),
 ];
 

@@ -245,6 +245,8 @@ fn schema_agrees_with_the_validator() {
             Valid,
         ),
         ("network", "allow_cidrs", "[\"corp\"]", Invalid),
+        ("network", "outbound_localhost_only", "true", Valid),
+        ("network", "outbound_localhost_only", "\"yes\"", Invalid),
         ("network", "allow_cidrs", "[\"10.0.0.0/123\"]", Invalid),
         ("network", "allow_cidrs", "[\"10.0.0.1/8\"]", ValidatorOnly),
         ("network", "allow_cidrs", "[\"999.0.0.0/8\"]", ValidatorOnly),

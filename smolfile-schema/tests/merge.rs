@@ -67,7 +67,10 @@ fn resources(e: &Effective) -> String {
 fn network(e: &Effective) -> String {
     let hosts: Vec<&str> = e.allow_hosts.iter().map(HostPattern::as_str).collect();
     let cidrs: Vec<String> = e.allow_cidrs.iter().map(ToString::to_string).collect();
-    format!("net={} {hosts:?} {cidrs:?}", e.net)
+    format!(
+        "net={} {hosts:?} {cidrs:?} localhost_only={}",
+        e.net, e.localhost_only
+    )
 }
 fn platform(e: &Effective) -> String {
     format!("{:?}", e.platform.as_ref().map(ToString::to_string))
@@ -423,7 +426,7 @@ fn cases() -> Vec<Case> {
             none(),
             None,
             network,
-            r#"net=false [] []"#,
+            r#"net=false [] [] localhost_only=false"#,
         ),
         case(
             "net = true",
@@ -432,7 +435,7 @@ fn cases() -> Vec<Case> {
             none(),
             None,
             network,
-            r#"net=true [] []"#,
+            r#"net=true [] [] localhost_only=false"#,
         ),
         case(
             "--net",
@@ -444,7 +447,7 @@ fn cases() -> Vec<Case> {
             },
             None,
             network,
-            r#"net=true [] []"#,
+            r#"net=true [] [] localhost_only=false"#,
         ),
         case(
             "allow_hosts implies net",
@@ -453,7 +456,7 @@ fn cases() -> Vec<Case> {
             none(),
             None,
             network,
-            r#"net=true ["pypi.org"] []"#,
+            r#"net=true ["pypi.org"] [] localhost_only=false"#,
         ),
         case(
             "--allow-* imply net and add to the Smolfile's lists",
@@ -469,7 +472,28 @@ fn cases() -> Vec<Case> {
             },
             None,
             network,
-            r#"net=true ["pypi.org", "*.example.com"] ["10.0.0.0/8"]"#,
+            r#"net=true ["pypi.org", "*.example.com"] ["10.0.0.0/8"] localhost_only=false"#,
+        ),
+        case(
+            "outbound_localhost_only implies net",
+            run,
+            Some("[network]\noutbound_localhost_only = true\n"),
+            none(),
+            None,
+            network,
+            r#"net=true [] [] localhost_only=true"#,
+        ),
+        case(
+            "--outbound-localhost-only implies net and holds over a Smolfile without it",
+            run,
+            Some(ALLOW_HOSTS),
+            Overrides {
+                localhost_only: true,
+                ..none()
+            },
+            None,
+            network,
+            r#"net=true ["pypi.org"] [] localhost_only=true"#,
         ),
         // platform: flag > [artifact].oci_platform when packing
         case(

@@ -104,6 +104,7 @@ ssh_agent = true
                 Cidr::parse("fd00::/8").unwrap(),
                 Cidr::parse("192.0.2.1/32").unwrap(),
             ],
+            localhost_only: false,
         },
         dev: Dev {
             volumes: vec![
@@ -437,7 +438,12 @@ fn net_false_contradicts_allow_lists() {
         error("net = false\n[network]\nallow_cidrs = [\"10.0.0.0/8\"]\n"),
         "Smolfile:1:7: net: net = false contradicts [network].allow_cidrs, which turns the network on; remove one of them"
     );
+    assert_eq!(
+        error("net = false\n[network]\noutbound_localhost_only = true\n"),
+        "Smolfile:1:7: net: net = false contradicts [network].outbound_localhost_only, which turns the network on; remove one of them"
+    );
     assert!(parse("net = false\n[network]\nallow_hosts = []\n").is_ok());
+    assert!(parse("net = false\n[network]\noutbound_localhost_only = false\n").is_ok());
 }
 
 #[test]

@@ -6,7 +6,6 @@
 //! verified once; otherwise it is materialized too. Nothing is written next to the pack.
 
 use serde::Serialize;
-use smolvm_net::PortForward;
 use smolvm_pack_format::cache::{CachedSection, SectionCache, SectionError};
 use smolvm_pack_format::{FormatError, Pack, SectionKind};
 use smolvm_protocol::{Exec, Lower, Setup, Upper};
@@ -14,7 +13,7 @@ use smolvm_runtime::attach::Outcome;
 use smolvm_runtime::backend::{self, Backend, BackendKind, Boot, Disk, NoBackend};
 use smolvm_runtime::machine::{self, MachineDir, MachineError, MachineSpec, Status};
 use smolvm_runtime::run::{RunRequest, run_ephemeral};
-use smolvm_runtime::{NetworkSpec, VmError, VmSpec, trace};
+use smolvm_runtime::{NetworkSettings, NetworkSpec, VmError, VmSpec, network, trace};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -31,10 +30,6 @@ pub enum AppError {
         "this machine was packed for {packed} hosts; this host is {HOST_PLATFORM}: pack it again on (or for) this platform"
     )]
     WrongHost { packed: String },
-    #[error(
-        "this machine needs networking, which a started (background) machine does not have yet: use `run`"
-    )]
-    NeedsNetwork,
     #[error(transparent)]
     Section(#[from] SectionError),
     #[error(transparent)]
@@ -99,6 +94,12 @@ pub struct RunOptions {
     pub force_extract: bool,
     /// Host directories shared with the guest (`-v`).
     pub volumes: Vec<smolfile::Volume>,
+    pub net: NetFlags,
+}
+
+/// The network flags of `run` and `start`.
+#[derive(Debug, Clone, Default)]
+pub struct NetFlags {
     /// `--net`: a network even if the pack has none.
     pub net: bool,
     /// `-p`: port forwards on top of the pack's.
@@ -208,42 +209,16 @@ impl App {
         )))
     }
 
-    /// The network the pack's manifest asks for, plus `--net` and `-p` (`None`: no network).
-    /// Its allow lists apply whichever turned the network on.
-    fn network(
-        &self,
-        net: bool,
-        publish: &[smolfile::Port],
-    ) -> Result<Option<NetworkSpec>, AppError> {
-        let m = &self.pack.manifest().network;
-        let bad =
-            |what: &str, e: String| AppError::Invalid(format!("the pack's network {what}: {e}"));
-        let mut spec = NetworkSpec::default();
-        for h in &m.allow_hosts {
-            spec.rules
-                .allow_hosts
-                .push(smolfile::HostPattern::parse(h).map_err(|e| bad("allow_hosts", e))?);
-        }
-        for c in &m.allow_cidrs {
-            spec.rules
-                .allow_cidrs
-                .push(smolfile::Cidr::parse(c).map_err(|e| bad("allow_cidrs", e))?);
-        }
-        for p in &m.ports {
-            let port = smolfile::Port::parse(p).map_err(|e| bad("ports", e))?;
-            spec.forwards.push(PortForward::from_port(&port));
-        }
-        spec.forwards
-            .extend(publish.iter().map(PortForward::from_port));
-        if !(m.enabled || net) {
-            if let Some(p) = publish.first() {
-                return Err(AppError::Invalid(format!(
-                    "-p {p} forwards a port over the VM's network, which this machine does not have: add --net"
-                )));
-            }
-            return Ok(None);
-        }
-        Ok(Some(spec))
+    /// The pack's network settings with `--net` and `-p` on top, checked.
+    fn network(&self, flags: &NetFlags) -> Result<NetworkSettings, AppError> {
+        let more = NetworkSettings {
+            enabled: flags.net,
+            ports: flags.publish.iter().map(ToString::to_string).collect(),
+            ..Default::default()
+        };
+        let settings = network::layered(&self.pack.manifest().network, &more);
+        NetworkSpec::from_settings(&settings).map_err(AppError::Invalid)?;
+        Ok(settings)
     }
 
     /// The command the pack runs by default: its entrypoint and cmd.
@@ -281,7 +256,8 @@ impl App {
     /// An ephemeral VM from the pack, running one command.
     pub async fn run(&self, o: RunOptions) -> Result<Outcome, AppError> {
         self.check_host()?;
-        let network = self.network(o.net, &o.publish)?;
+        let network =
+            NetworkSpec::from_settings(&self.network(&o.net)?).map_err(AppError::Invalid)?;
         let backend = backend::select(o.backend.unwrap_or(BackendKind::Auto))?;
         let (shares, mounts) = smolvm_runtime::volume::shares(&o.volumes, backend.share_fs())?;
         // `prepared` holds the cache entries (shared locks) until the VM is gone.
@@ -355,10 +331,6 @@ impl App {
         force: bool,
     ) -> Result<MachineSpec, AppError> {
         self.check_host()?;
-        // The supervisor does not host a network yet.
-        if self.pack.manifest().network.enabled {
-            return Err(AppError::NeedsNetwork);
-        }
         dir.create()?;
         let sections = [
             (SectionKind::Kernel, "vmlinux"),
@@ -421,6 +393,7 @@ impl App {
             health: self.pack.manifest().health.clone(),
             restart: Default::default(),
             volumes: vec![],
+            network: self.pack.manifest().network.clone(),
         })
     }
 
@@ -432,7 +405,9 @@ impl App {
         memory: Option<u32>,
         kind: BackendKind,
         force: bool,
+        net: &NetFlags,
     ) -> Result<(), AppError> {
+        let network = self.network(net)?;
         let dir = self.machine_dir()?;
         if let Status::Running { .. } = dir.status() {
             return Err(MachineError::AlreadyRunning.into());
@@ -441,6 +416,7 @@ impl App {
         let mut spec = self.provision(&dir, backend.as_ref(), DiskSizes::default(), force)?;
         spec.cpus = cpus.unwrap_or(spec.cpus);
         spec.memory_mib = memory.unwrap_or(spec.memory_mib);
+        spec.network = network;
         dir.write_spec(&spec)?;
         Ok(dir.start(exe)?)
     }

@@ -5,7 +5,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use smolvm_runtime::attach::{self, Outcome};
 use smolvm_runtime::backend::BackendKind;
 use smolvm_runtime::machine::Status;
-use smolvm_stub::{App, AppError, RunOptions};
+use smolvm_stub::{App, AppError, NetFlags, RunOptions};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -91,6 +91,12 @@ struct RunArgs {
     /// Share a host directory with the guest, live (HOST:GUEST or HOST:GUEST:ro; repeatable)
     #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]", value_parser = smolvm_runtime::volume::parse_flag)]
     volumes: Vec<smolfile::Volume>,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+#[derive(Args)]
+struct NetArgs {
     /// Give the VM a network even if the machine was packed without one (its allow lists apply)
     #[arg(long)]
     net: bool,
@@ -99,10 +105,21 @@ struct RunArgs {
     publish: Vec<smolfile::Port>,
 }
 
+impl From<NetArgs> for NetFlags {
+    fn from(a: NetArgs) -> NetFlags {
+        NetFlags {
+            net: a.net,
+            publish: a.publish,
+        }
+    }
+}
+
 #[derive(Args)]
 struct StartArgs {
     #[command(flatten)]
     vm: VmArgs,
+    #[command(flatten)]
+    net: NetArgs,
 }
 
 #[derive(Args)]
@@ -165,8 +182,7 @@ fn dispatch(cli: Cli, name: String) -> Result<i32, AppError> {
                 backend: Some(backend(&a.vm.backend)?),
                 force_extract: a.vm.force_extract,
                 volumes: a.volumes,
-                net: a.net,
-                publish: a.publish,
+                net: a.net.into(),
             };
             let outcome = rt.block_on(app.run(opts))?;
             finish(rt, &outcome, a.timeout)
@@ -178,6 +194,7 @@ fn dispatch(cli: Cli, name: String) -> Result<i32, AppError> {
                 a.vm.memory,
                 backend(&a.vm.backend)?,
                 a.vm.force_extract,
+                &a.net.into(),
             )?;
             eprintln!(
                 "{} is running; `{} exec -- CMD` runs commands in it, `{} stop` stops it",

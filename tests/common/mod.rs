@@ -166,3 +166,26 @@ impl Home {
             .collect()
     }
 }
+
+/// A machine's directory in `home`'s data directory.
+pub fn machine_dir(home: &Home, name: &str) -> PathBuf {
+    home.dir.path().join("data/smolvm/machines").join(name)
+}
+
+/// The pid of a running machine's supervisor (from `machine status --json`).
+pub fn supervisor_pid(home: &Home, name: &str) -> u32 {
+    let json: serde_json::Value =
+        serde_json::from_str(&home.ok(&["machine", "status", "-n", name, "--json"])).unwrap();
+    assert_eq!(json["state"], "running", "{json}");
+    json["pid"].as_u64().unwrap() as u32
+}
+
+/// A process's resident memory in KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -45,7 +45,7 @@ pub const MAGIC: [u8; 8] = *b"SMOLMACH";
 /// Major format version this crate reads and writes; a pack of another major is refused.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Minor format version this crate writes; packs of any minor of [`FORMAT_MAJOR`] are read.
-pub const FORMAT_MINOR: u16 = 0;
+pub const FORMAT_MINOR: u16 = 1;
 /// Alignment of section offsets, relative to the payload start: a page, so that a VMM can
 /// map or read an uncompressed section in place.
 pub const ALIGN: u64 = 4096;

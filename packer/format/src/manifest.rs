@@ -137,6 +137,11 @@ pub struct Network {
     pub allow_cidrs: Vec<String>,
     /// Port forwards, `HOST:GUEST` (`8080:80`).
     pub ports: Vec<String>,
+    /// Egress only to the host's loopback (since format 1.1). Writers that set it also
+    /// write `allow_hosts = ["host.smolvm.internal"]` and no CIDRs, which a 1.0 reader
+    /// (ignoring this field) enforces as the same policy.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub localhost_only: bool,
 }
 
 /// A command run in the guest periodically to tell whether the VM is healthy.

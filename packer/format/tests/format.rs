@@ -71,6 +71,7 @@ fn full_manifest() -> Manifest {
             allow_hosts: vec!["pypi.org".into()],
             allow_cidrs: vec!["10.0.0.0/8".into()],
             ports: vec!["8080:80".into()],
+            localhost_only: false,
         },
         health: Some(HealthCheck {
             exec: vec!["/bin/true".into()],
@@ -824,7 +825,7 @@ fn a_newer_minor_with_unknown_fields_is_read() {
     let e = err(&with_footer_bytes(&pack, 58, &7u16.to_le_bytes()));
     assert_eq!(
         e.to_string(),
-        "the manifest says format 1.0 but the footer says 1.7: the file is damaged"
+        "the manifest says format 1.1 but the footer says 1.7: the file is damaged"
     );
 }
 
@@ -845,6 +846,17 @@ fn missing_optional_fields_take_their_defaults() {
     assert_eq!(m.network, Network::default());
     assert!(!m.network.enabled);
     assert_eq!(m.health, None);
+
+    // A 1.0 manifest has no network.localhost_only: it is off.
+    let older = with_manifest(&pack, |v| {
+        v["network"] = json!({"enabled": true, "allow_hosts": ["pypi.org"]});
+    });
+    let (m, _) = parse(&older).unwrap();
+    assert!(m.network.enabled && !m.network.localhost_only);
+    let newer = with_manifest(&pack, |v| {
+        v["network"] = json!({"enabled": true, "allow_hosts": ["host.smolvm.internal"], "localhost_only": true});
+    });
+    assert!(parse(&newer).unwrap().0.network.localhost_only);
 
     let partial = with_manifest(&pack, |v| {
         v["resources"] = json!({"cpus": 1});

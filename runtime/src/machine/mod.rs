@@ -73,6 +73,13 @@ pub struct MachineSpec {
     /// Host directories shared live, `HOST:GUEST[:ro]` with an absolute host path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
+    /// The network the supervisor hosts for the VM; off by default.
+    #[serde(default, skip_serializing_if = "is_off")]
+    pub network: crate::NetworkSettings,
+}
+
+fn is_off(n: &crate::NetworkSettings) -> bool {
+    *n == crate::NetworkSettings::default()
 }
 
 /// A Smolfile's `[health]` as machines and packs store it.

@@ -6,6 +6,7 @@ use super::{
 };
 use crate::attach::Outcome;
 use crate::backend::{self, Disk};
+use crate::network::NetworkSpec;
 use crate::vm::{Vm, VmSpec};
 use smolvm_protocol::{
     Body, ErrorKind, Exec, Frame, FrameReader, Incoming, Lower, Message, Mux, PROTOCOL, Ready,
@@ -111,6 +112,9 @@ async fn run(dir: &MachineDir, report: &mut dyn FnMut(&str)) -> Result<(), Strin
         .map_err(|e| format!("the machine's volumes: {e}"))?;
     let (shares, mounts) =
         crate::volume::shares(&volumes, backend.share_fs()).map_err(|e| e.to_string())?;
+    // The stack runs here, for the VM's life; its denials go to our log (stderr).
+    let network = NetworkSpec::from_settings(&spec.network)
+        .map_err(|e| format!("the machine's network: {e}"))?;
     let vm_spec = VmSpec {
         backend,
         cpus: spec.cpus,
@@ -118,7 +122,7 @@ async fn run(dir: &MachineDir, report: &mut dyn FnMut(&str)) -> Result<(), Strin
         boot: spec.boot(),
         disks,
         shares,
-        network: None,
+        network,
     };
     let vm = Vm::boot(&vm_spec).await.map_err(|e| e.to_string())?;
     let setup = Setup {
