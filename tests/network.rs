@@ -557,6 +557,64 @@ fn packs_honour_their_network_settings_and_run_net() {
         ],
     );
     assert_eq!((out.as_str(), code), ("reached\n", Some(0)), "{err}");
+
+    // Started in the background, the pack keeps its allow list and forwards -p.
+    let daemon = |exe: &std::path::Path, args: &[&str]| {
+        let mut c = Command::new(exe);
+        for (k, v) in home.smolvm().get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        let out = c
+            .env("SMOLVM_DNS_UPSTREAM", format!("127.0.0.1:{dns_port}"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    let web = free_port();
+    daemon(
+        &locked,
+        &[
+            "start",
+            "--cpus",
+            "1",
+            "--mem",
+            "512",
+            "-p",
+            &format!("{web}:8080"),
+        ],
+    );
+    daemon(
+        &locked,
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p /www && echo forwarded > /www/index.html && httpd -p 8080 -h /www",
+        ],
+    );
+    connect_retrying(web, 60);
+    let out = daemon(
+        &locked,
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "timeout 10 wget -q -O- http://198.51.100.9/; echo allowed=$?
+             timeout 10 wget -q -O- http://198.51.100.8/ >/dev/null 2>&1; echo other=$?",
+        ],
+    );
+    assert!(out.starts_with("reached\nallowed=0\n"), "{out}");
+    assert_ne!(values(&out)["other"], "0", "{out}");
+    daemon(&locked, &["stop"]);
+    TcpListener::bind(("127.0.0.1", web)).expect("a stopped pack holds no port");
 }
 
 #[test]
