@@ -508,7 +508,8 @@ fn packs_honour_their_network_settings_and_run_net() {
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
         exe
     };
-    let app = |exe: &std::path::Path, args: &[&str]| {
+    // The packed executable, in `home`'s world, with our DNS server upstream.
+    let exe_output = |exe: &std::path::Path, args: &[&str]| {
         let mut c = Command::new(exe);
         for (k, v) in home.smolvm().get_envs() {
             match v {
@@ -516,13 +517,15 @@ fn packs_honour_their_network_settings_and_run_net() {
                 None => c.env_remove(k),
             };
         }
-        let out = c
-            .env("SMOLVM_DNS_UPSTREAM", format!("127.0.0.1:{dns_port}"))
-            .args(["run", "--cpus", "1", "--mem", "512"])
+        c.env("SMOLVM_DNS_UPSTREAM", format!("127.0.0.1:{dns_port}"))
             .args(args)
             .stdin(Stdio::null())
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let app = |exe: &std::path::Path, args: &[&str]| {
+        let run = ["run", "--cpus", "1", "--mem", "512"];
+        let out = exe_output(exe, &[&run[..], args].concat());
         (stdout(&out), stderr(&out), out.status.code())
     };
     let locked = pack(
@@ -560,19 +563,7 @@ fn packs_honour_their_network_settings_and_run_net() {
 
     // Started in the background, the pack keeps its allow list and forwards -p.
     let daemon = |exe: &std::path::Path, args: &[&str]| {
-        let mut c = Command::new(exe);
-        for (k, v) in home.smolvm().get_envs() {
-            match v {
-                Some(v) => c.env(k, v),
-                None => c.env_remove(k),
-            };
-        }
-        let out = c
-            .env("SMOLVM_DNS_UPSTREAM", format!("127.0.0.1:{dns_port}"))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = exe_output(exe, args);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
         stdout(&out)
     };
