@@ -27,6 +27,40 @@ impl From<Pull> for PullPolicy {
     }
 }
 
+/// The flags of every command that may pull an image or a pack.
+#[derive(clap::Args)]
+pub struct FetchArgs {
+    /// Platform to take from a multi-platform image or pack index (default: this host's, linux/amd64)
+    #[arg(long, value_name = "OS/ARCH", value_parser = smolfile::Platform::parse)]
+    pub platform: Option<smolfile::Platform>,
+    /// When to ask the registry what a tag points to
+    #[arg(long, value_enum, default_value = "missing")]
+    pub pull: Pull,
+    /// No progress output
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// The image a merged workload names (pulled as `fetch` says), or `None` for the bare VM.
+pub fn prepare_for(
+    rt: &tokio::runtime::Runtime,
+    workload: &smolfile::Effective,
+    fetch: &FetchArgs,
+) -> anyhow::Result<Option<LocalImage>> {
+    workload
+        .image
+        .as_deref()
+        .map(|reference| {
+            rt.block_on(prepare(
+                reference,
+                workload.platform.clone(),
+                fetch.pull,
+                fetch.quiet,
+            ))
+        })
+        .transpose()
+}
+
 /// Pulls `reference` as `pull` says and returns its root filesystem, built if needed.
 pub async fn prepare(
     reference: &str,

@@ -4,11 +4,11 @@
 //! directory says how to boot it; its supervisor's lock says whether it runs. Commands that
 //! only look (`status`, `ls`) never start or stop anything.
 
-use crate::image::{self, Pull};
+use crate::image;
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
-use smolfile::{Overrides, Purpose, Smolfile};
+use smolfile::{Overrides, Purpose};
 use smolvm_runtime::machine::{
     self, MachineDir, MachineError, MachineRecord, MachineSpec, MachineStore, Status, StoreError,
 };
@@ -70,15 +70,8 @@ pub struct CreateArgs {
     init: Vec<String>,
     #[command(flatten)]
     net: crate::machine::NetArgs,
-    /// Image platform (default: this host's)
-    #[arg(long, value_name = "OS/ARCH", value_parser = smolfile::Platform::parse)]
-    platform: Option<smolfile::Platform>,
-    /// When to ask the registry what a tag points to
-    #[arg(long, value_enum, default_value = "missing")]
-    pull: Pull,
-    /// No progress output
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    fetch: crate::image::FetchArgs,
     /// VM backend used each time it starts
     #[arg(long, default_value = "auto", value_parser = ["auto", "krun", "qemu"])]
     backend: String,
@@ -162,12 +155,7 @@ pub fn create(a: CreateArgs) -> anyhow::Result<i32> {
         a.cpus.unwrap_or(smolfile::DEFAULT_CPUS),
         a.memory.unwrap_or(smolfile::DEFAULT_MEMORY_MIB),
     )?;
-    let smolfile = match &a.smolfile {
-        Some(path) => {
-            Some(Smolfile::load(path).map_err(|d| anyhow::anyhow!("invalid Smolfile:\n{d}"))?)
-        }
-        None => None,
-    };
+    let smolfile = crate::smolfile_cmd::load(a.smolfile.as_deref())?;
     let volumes = a
         .volume
         .iter()
@@ -183,7 +171,7 @@ pub fn create(a: CreateArgs) -> anyhow::Result<i32> {
         overlay: a.overlay,
         init: a.init,
         volumes,
-        platform: a.platform,
+        platform: a.fetch.platform.clone(),
         ..Default::default()
     };
     a.net.apply(&mut overrides);
@@ -196,8 +184,7 @@ pub fn create(a: CreateArgs) -> anyhow::Result<i32> {
     smolvm_runtime::volume::shares(&base.volumes, smolvm_protocol::ShareFs::NineP)?;
 
     if let Some(from) = &a.from {
-        let (path, _) =
-            crate::pack::locate_pack(&rt, from, overrides.platform.clone(), a.pull, a.quiet)?;
+        let (path, _) = crate::pack::locate_pack(&rt, from, &a.fetch)?;
         let pack = smolvm_stub::locate(&path)?;
         let app = smolvm_stub::App::new(pack, a.name.clone())?;
         let run = &app.pack().manifest().run;
@@ -257,15 +244,7 @@ pub fn create(a: CreateArgs) -> anyhow::Result<i32> {
     }
 
     let assets = GuestAssets::locate()?;
-    let image = match &base.image {
-        Some(reference) => Some(rt.block_on(image::prepare(
-            reference,
-            overrides.platform.clone(),
-            a.pull,
-            a.quiet,
-        ))?),
-        None => None,
-    };
+    let image = image::prepare_for(&rt, &base, &a.fetch)?;
     let eff = smolfile::merge(
         Purpose::Create,
         smolfile.as_ref(),

@@ -1,10 +1,10 @@
 //! `smolvm machine ...`
 
-use crate::image::{self, Pull};
+use crate::image;
 use crate::lifecycle;
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use smolfile::{Overrides, Purpose, Smolfile};
+use smolfile::{Overrides, Purpose};
 use smolvm_pack::image::ImageStore;
 use smolvm_protocol::{Exec, Lower, Setup, Upper};
 use smolvm_runtime::run::{RunRequest, run_ephemeral};
@@ -96,15 +96,8 @@ pub struct RunArgs {
     /// Boot this OCI image instead of the bare VM (e.g. alpine:3.20, registry:5000/app@sha256:...)
     #[arg(short = 'I', long, value_name = "REF")]
     image: Option<String>,
-    /// Image platform to pick from a multi-platform image (default: this host's, linux/amd64)
-    #[arg(long, value_name = "OS/ARCH", value_parser = smolfile::Platform::parse)]
-    platform: Option<smolfile::Platform>,
-    /// When to ask the registry what a tag points to
-    #[arg(long, value_enum, default_value = "missing")]
-    pull: Pull,
-    /// No progress output
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    fetch: crate::image::FetchArgs,
     /// Kill the command after this long (e.g. 30s, 5m); smolvm then exits with 124
     #[arg(long, value_name = "DURATION", value_parser = smolfile::parse_duration)]
     timeout: Option<Duration>,
@@ -176,12 +169,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             .map_err(anyhow::Error::msg)?,
     )?;
     let boot = GuestAssets::locate()?.boot();
-    let smolfile = match &args.smolfile {
-        Some(path) => {
-            Some(Smolfile::load(path).map_err(|d| anyhow::anyhow!("invalid Smolfile:\n{d}"))?)
-        }
-        None => None,
-    };
+    let smolfile = crate::smolfile_cmd::load(args.smolfile.as_deref())?;
     let env = attach::env_flags(&args.env, args.tty).map_err(anyhow::Error::msg)?;
     let mut overrides = Overrides {
         image: args.image,
@@ -190,7 +178,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         workdir: args.workdir,
         cpus: args.cpus,
         memory: args.memory,
-        platform: args.platform,
+        platform: args.fetch.platform.clone(),
         volumes: args.volumes,
         ..Default::default()
     };
@@ -200,15 +188,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     let first = smolfile::merge(Purpose::Run, smolfile.as_ref(), &overrides, None);
     // Before anything slow: every volume's host directory must be there.
     let (shares, mounts) = smolvm_runtime::volume::shares(&first.volumes, backend.share_fs())?;
-    let image = match first.image {
-        Some(reference) => Some(rt.block_on(image::prepare(
-            &reference,
-            overrides.platform.clone(),
-            args.pull,
-            args.quiet,
-        ))?),
-        None => None,
-    };
+    let image = image::prepare_for(&rt, &first, &args.fetch)?;
     let eff = smolfile::merge(
         Purpose::Run,
         smolfile.as_ref(),

@@ -1,11 +1,11 @@
 //! `smolvm pack ...`: make packed executables, run and inspect packs, push and pull them
 //! through OCI registries, prune their cache.
 
-use crate::image::{self, Pull};
+use crate::image;
 use crate::progress::PullProgress;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use smolfile::{Overrides, Purpose, Smolfile};
+use smolfile::{Overrides, Purpose};
 use smolvm_pack::distribute;
 use smolvm_pack::format::{
     self, Compression, ImageInfo, Manifest, Resources, RunConfig, SectionInput, SectionKind,
@@ -71,9 +71,6 @@ pub struct CreateArgs {
     /// Default memory of the packed machine, in MiB [default: 8192]
     #[arg(long = "mem", value_name = "MiB")]
     memory: Option<u32>,
-    /// Image platform to pack (default: this host's)
-    #[arg(long, value_name = "OS/ARCH", value_parser = smolfile::Platform::parse)]
-    platform: Option<smolfile::Platform>,
     /// Override the image's entrypoint
     #[arg(long, value_name = "PROGRAM")]
     entrypoint: Option<String>,
@@ -86,12 +83,8 @@ pub struct CreateArgs {
     /// The stub executable to pack into [default: smolvm-stub next to smolvm]
     #[arg(long, value_name = "PATH")]
     stub: Option<PathBuf>,
-    /// When to ask the registry what a tag points to
-    #[arg(long, value_enum, default_value = "missing")]
-    pull: Pull,
-    /// No progress output
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    fetch: crate::image::FetchArgs,
     /// The default command's arguments (the image's Cmd otherwise)
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -137,15 +130,8 @@ pub struct RunArgs {
     /// A .smolmachine file, or a pushed pack's reference (pulled into the cache)
     #[arg(value_name = "FILE|REF")]
     pack: String,
-    /// The guest platform to take from a reference's index (default: this host's)
-    #[arg(long, value_name = "OS/ARCH", value_parser = smolfile::Platform::parse)]
-    platform: Option<smolfile::Platform>,
-    /// When to ask the registry what a reference's tag points to
-    #[arg(long, value_enum, default_value = "missing")]
-    pull: Pull,
-    /// No progress output
-    #[arg(short, long)]
-    quiet: bool,
+    #[command(flatten)]
+    fetch: crate::image::FetchArgs,
     /// Keep stdin open and forward it to the command
     #[arg(short, long)]
     interactive: bool,
@@ -221,7 +207,7 @@ pub fn dispatch(cmd: PackCommand) -> anyhow::Result<i32> {
 fn run(a: RunArgs) -> anyhow::Result<i32> {
     attach::check_tty_flags(a.interactive, a.tty).map_err(anyhow::Error::msg)?;
     let rt = crate::runtime()?;
-    let (path, name) = locate_pack(&rt, &a.pack, a.platform, a.pull, a.quiet)?;
+    let (path, name) = locate_pack(&rt, &a.pack, &a.fetch)?;
     let pack = format::Pack::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let app = App::new(pack, name)?;
     let opts = RunOptions {
@@ -249,12 +235,7 @@ fn create(a: CreateArgs) -> anyhow::Result<i32> {
     check_output(&a.output)?;
     let stub = load_stub(a.stub.as_deref())?;
     let assets = GuestAssets::locate()?;
-    let smolfile = match &a.smolfile {
-        Some(path) => {
-            Some(Smolfile::load(path).map_err(|d| anyhow::anyhow!("invalid Smolfile:\n{d}"))?)
-        }
-        None => None,
-    };
+    let smolfile = crate::smolfile_cmd::load(a.smolfile.as_deref())?;
     let env = attach::env_flags(&a.env, false).map_err(anyhow::Error::msg)?;
     let overrides = Overrides {
         image: a.image,
@@ -264,7 +245,7 @@ fn create(a: CreateArgs) -> anyhow::Result<i32> {
         workdir: a.workdir,
         cpus: a.cpus,
         memory: a.memory,
-        platform: a.platform,
+        platform: a.fetch.platform.clone(),
         ..Default::default()
     };
     let first = smolfile::merge(Purpose::Pack, smolfile.as_ref(), &overrides, None);
@@ -285,19 +266,11 @@ fn create(a: CreateArgs) -> anyhow::Result<i32> {
             &rt,
             name,
             scratch.path(),
-            a.quiet,
+            a.fetch.quiet,
         )?),
         None => None,
     };
-    let image = match &first.image {
-        Some(reference) => Some(rt.block_on(image::prepare(
-            reference,
-            first.platform.clone(),
-            a.pull,
-            a.quiet,
-        ))?),
-        None => None,
-    };
+    let image = image::prepare_for(&rt, &first, &a.fetch)?;
     let config = match (&image, &machine) {
         (Some(i), _) => Some(i.record.image_config()),
         (None, Some((_, spec))) => Some(smolfile::ImageConfig {
@@ -558,9 +531,7 @@ fn pull(a: PullArgs) -> anyhow::Result<i32> {
 pub fn locate_pack(
     rt: &tokio::runtime::Runtime,
     arg: &str,
-    platform: Option<smolfile::Platform>,
-    pull: Pull,
-    quiet: bool,
+    fetch: &crate::image::FetchArgs,
 ) -> anyhow::Result<(PathBuf, String)> {
     if Path::new(arg).exists() {
         let path = PathBuf::from(arg);
@@ -575,9 +546,9 @@ pub fn locate_pack(
         config,
         &reference,
         None,
-        platform,
-        pull.into(),
-        quiet,
+        fetch.platform.clone(),
+        fetch.pull.into(),
+        fetch.quiet,
     ))?;
     Ok((pulled.path, repository_name(&reference)))
 }

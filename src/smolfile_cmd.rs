@@ -2,7 +2,13 @@
 
 use clap::Subcommand;
 use smolfile::Smolfile;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// The Smolfile a command's `-s` names, checked; `None` without one.
+pub fn load(path: Option<&Path>) -> anyhow::Result<Option<Smolfile>> {
+    path.map(|p| Smolfile::load(p).map_err(|d| anyhow::anyhow!("invalid Smolfile:\n{d}")))
+        .transpose()
+}
 
 #[derive(Subcommand)]
 pub enum SmolfileCommand {

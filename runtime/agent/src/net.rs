@@ -56,22 +56,7 @@ impl IoctlSocket {
         ip: Ipv4Addr,
     ) -> io::Result<()> {
         let mut req = Self::request(name);
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(ip).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: ifru_addr is a sockaddr, large enough for a sockaddr_in.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                &sin as *const libc::sockaddr_in as *const u8,
-                &mut req.ifr_ifru.ifru_addr as *mut libc::sockaddr as *mut u8,
-                std::mem::size_of::<libc::sockaddr_in>(),
-            );
-        }
+        req.ifr_ifru.ifru_addr = sockaddr(ip);
         self.ioctl(what, request, &mut req)
     }
 
@@ -82,18 +67,6 @@ impl IoctlSocket {
     }
 
     fn default_route(&self, gateway: Ipv4Addr) -> io::Result<()> {
-        let sockaddr = |ip: Ipv4Addr| {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(ip).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in and sockaddr have the same size on Linux.
-            unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
-        };
         // SAFETY: rtentry is plain data; all zeroes is valid.
         let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
         rt.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
@@ -102,6 +75,20 @@ impl IoctlSocket {
         rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
         self.ioctl("SIOCADDRT", libc::SIOCADDRT, &mut rt)
     }
+}
+
+/// `ip` as the generic `sockaddr` interface and route ioctls take.
+fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size on Linux.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
 }
 
 impl Drop for IoctlSocket {
