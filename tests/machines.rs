@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use smolvm_registry::testutil::{self, Format, Security, TestRegistry};
 use std::path::PathBuf;
-use std::process::Output;
+use std::process::{Output, Stdio};
 
 const SMALL: [&str; 4] = ["--cpus", "1", "--mem", "512"];
 
@@ -349,10 +349,22 @@ fn sixteen_concurrent_lifecycle_commands_on_different_machines_all_succeed() {
     let parallel = |args: &dyn Fn(&str) -> Vec<String>| {
         let children: Vec<_> = names
             .iter()
-            .map(|n| home.smolvm().args(args(n)).spawn().unwrap())
+            .map(|n| {
+                home.smolvm()
+                    .args(args(n))
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
             .collect();
-        for (n, c) in names.iter().zip(children) {
-            let out = c.wait_with_output().unwrap();
+        // Every child ends before any assertion, so a failure does not remove the home
+        // under the others and blame them for it.
+        let outs: Vec<_> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        for (n, out) in names.iter().zip(outs) {
             assert_eq!(code(&out), Some(0), "{n}: {}", stderr(&out));
         }
     };

@@ -14,10 +14,10 @@
 use crate::rootfs::{self, BuildOptions, BuildSummary, Layer, RootfsError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+use smolvm_pack_format::cache::flock;
 use smolvm_registry::{BlobCache, Digest, Progress, PulledImage, Puller, Reference, RegistryError};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
@@ -416,13 +416,4 @@ fn remove_entry(entry: &Path) -> Result<(), ImageError> {
     let doomed = entry.with_file_name(format!(".prune-{name}-{}", std::process::id()));
     std::fs::rename(entry, &doomed).map_err(io_error("remove", entry))?;
     std::fs::remove_dir_all(&doomed).map_err(io_error("remove", &doomed))
-}
-
-fn flock(f: &File, op: libc::c_int) -> io::Result<()> {
-    // SAFETY: flock on a descriptor we hold open.
-    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }

@@ -344,11 +344,17 @@ fn hex_sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn flock(f: &File, op: libc::c_int) -> io::Result<()> {
-    // SAFETY: flock on a descriptor we hold.
-    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+/// `flock(2)` on `f` with `op` (`LOCK_SH`, `LOCK_EX`, with or without `LOCK_NB`); a
+/// blocking wait interrupted by a signal is resumed. The lock goes when `f` is closed.
+pub fn flock(f: &File, op: libc::c_int) -> io::Result<()> {
+    loop {
+        // SAFETY: flock on a descriptor we hold.
+        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }

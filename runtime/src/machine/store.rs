@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! <data>/machines.db          one row per machine: name, source, image, lifecycle times
+//! <data>/machines.db.lock     flock'd while a process opens the database and sets it up
 //! <data>/machines/<name>/     the machine's directory (see MachineDir)
 //! ```
 //!
@@ -94,6 +95,25 @@ pub fn data_dir() -> Result<PathBuf, StoreError> {
         .ok_or(StoreError::NoDataDir)
 }
 
+/// Opens `path` (creating it) and waits for an exclusive lock on it, held until the file
+/// is closed.
+fn lock_exclusive(path: &Path) -> Result<std::fs::File, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    smolvm_pack_format::cache::flock(&f, libc::LOCK_EX).map_err(io)?;
+    Ok(f)
+}
+
 /// What the catalogue knows about one machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MachineRecord {
@@ -143,6 +163,10 @@ impl MachineStore {
             path: db.clone(),
             source,
         };
+        // Switching a new database to WAL and creating its table are not covered by the
+        // busy timeout (SQLite answers "locked" at once), so concurrent first opens take
+        // turns under a lock file; later statements wait on the busy timeout as usual.
+        let _setup = lock_exclusive(&root.join("machines.db.lock"))?;
         let conn = Connection::open(&db).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -377,6 +401,65 @@ mod tests {
         assert_eq!(wins, 1);
         let store = MachineStore::open(tmp.path()).unwrap();
         assert_eq!(store.list().unwrap().len(), 17);
+    }
+
+    /// Run as a child process by the test below: opens the catalogue in `$STORE_ROOT` and
+    /// claims `$STORE_NAME` once `$STORE_ROOT/go` exists; does nothing when run by the
+    /// harness itself.
+    #[test]
+    fn open_and_reserve_in_a_child() {
+        let (Some(root), Some(name)) = (
+            std::env::var_os("STORE_ROOT"),
+            std::env::var("STORE_NAME").ok(),
+        ) else {
+            return;
+        };
+        // All children start together, when the parent creates `go`.
+        let go = Path::new(&root).join("go");
+        while !go.exists() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        MachineStore::open(Path::new(&root))
+            .and_then(|store| store.reserve(&name, "bare", None))
+            .unwrap();
+    }
+
+    #[test]
+    fn first_opens_of_a_new_catalogue_race_without_locked_errors() {
+        // Sixteen `machine create` processes on a new data directory all set the database
+        // up at once; without turns, some got "database is locked" despite the busy timeout.
+        // (Threads of one process do not show it: SQLite shares locks within a process.)
+        let exe = std::env::current_exe().unwrap();
+        for _ in 0..30 {
+            let tmp = tempfile::tempdir().unwrap();
+            let children: Vec<_> = (0..16)
+                .map(|i| {
+                    std::process::Command::new(&exe)
+                        .args([
+                            "--exact",
+                            "machine::store::tests::open_and_reserve_in_a_child",
+                        ])
+                        .args(["--test-threads", "1", "--nocapture"])
+                        .env("STORE_ROOT", tmp.path())
+                        .env("STORE_NAME", format!("m{i}"))
+                        .stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::piped())
+                        .spawn()
+                        .unwrap()
+                })
+                .collect();
+            std::fs::write(tmp.path().join("go"), "").unwrap();
+            for c in children {
+                let out = c.wait_with_output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let store = MachineStore::open(tmp.path()).unwrap();
+            assert_eq!(store.list().unwrap().len(), 16);
+        }
     }
 
     #[test]
