@@ -346,20 +346,23 @@ fn image_and_pack_machines_persist_changes_over_their_read_only_root() {
 fn sixteen_concurrent_lifecycle_commands_on_different_machines_all_succeed() {
     let home = Home::new();
     let names: Vec<String> = (0..16).map(|i| format!("m{i:02}")).collect();
-    let parallel = |args: &dyn Fn(&str) -> Vec<String>| {
+    // One command per name, all at once; every child ends before any assertion, so a
+    // failure does not remove the home under the others and blame them for it.
+    let parallel = |names: &[String], args: &[&str]| {
         let children: Vec<_> = names
             .iter()
             .map(|n| {
                 home.smolvm()
-                    .args(args(n))
+                    .args(
+                        args.iter()
+                            .map(|a| if *a == "NAME" { n.as_str() } else { *a }),
+                    )
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
                     .spawn()
                     .unwrap()
             })
             .collect();
-        // Every child ends before any assertion, so a failure does not remove the home
-        // under the others and blame them for it.
         let outs: Vec<_> = children
             .into_iter()
             .map(|c| c.wait_with_output().unwrap())
@@ -368,27 +371,14 @@ fn sixteen_concurrent_lifecycle_commands_on_different_machines_all_succeed() {
             assert_eq!(code(&out), Some(0), "{n}: {}", stderr(&out));
         }
     };
-    let size = |n: &str| {
-        let mut v: Vec<String> = ["machine", "create", n].map(String::from).to_vec();
-        v.extend(["--cpus", "1", "--mem", "256"].map(String::from));
-        v
-    };
-    parallel(&size);
+    parallel(
+        &names,
+        &["machine", "create", "NAME", "--cpus", "1", "--mem", "256"],
+    );
     assert_eq!(home.ok(&["machine", "ls"]).matches("stopped").count(), 16);
-    // Four at a time boot (TCG on two cores); every one runs a command and stops.
+    // Four at a time boot (TCG on two cores) and run a command; `delete -f` stops them.
     for chunk in names.chunks(4) {
-        let starts: Vec<_> = chunk
-            .iter()
-            .map(|n| {
-                home.smolvm()
-                    .args(["machine", "start", "-n", n])
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        for s in starts {
-            assert!(s.wait_with_output().unwrap().status.success());
-        }
+        parallel(chunk, &["machine", "start", "-n", "NAME"]);
         for n in chunk {
             assert_eq!(
                 home.ok(&["machine", "exec", "-n", n, "--", "hostname"])
@@ -397,7 +387,7 @@ fn sixteen_concurrent_lifecycle_commands_on_different_machines_all_succeed() {
             );
         }
     }
-    parallel(&|n: &str| vec!["machine".into(), "delete".into(), "-f".into(), n.into()]);
+    parallel(&names, &["machine", "delete", "-f", "NAME"]);
     assert_eq!(home.ok(&["machine", "ls", "--json"]).trim(), "[]");
     let left: Vec<_> = std::fs::read_dir(home.dir.path().join("data/smolvm/machines"))
         .unwrap()
