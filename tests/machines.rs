@@ -45,17 +45,8 @@ fn a_bare_machine_keeps_its_files_across_execs_restarts_and_a_killed_supervisor(
     );
     // A package-install-like change (a program under /usr), a config edit under /etc, and
     // a file in /workspace; the machine's environment reaches commands.
-    home.ok(&[
-        "machine",
-        "exec",
-        "-n",
-        "box",
-        "--",
-        "sh",
-        "-c",
-        "mkdir -p /usr/local/bin && printf '#!/bin/sh\\necho tool-$1\\n' > /usr/local/bin/tool \
-         && chmod 755 /usr/local/bin/tool && echo edited > /etc/motd && echo kept > /workspace/data",
-    ]);
+    home.sh("box", "mkdir -p /usr/local/bin && printf '#!/bin/sh\\necho tool-$1\\n' > /usr/local/bin/tool \
+         && chmod 755 /usr/local/bin/tool && echo edited > /etc/motd && echo kept > /workspace/data");
     let env = home.ok(&[
         "machine",
         "exec",
@@ -126,17 +117,11 @@ fn a_bare_machine_keeps_its_files_across_execs_restarts_and_a_killed_supervisor(
     );
     home.ok(&["machine", "resize", "-n", "box", "--storage", "30"]);
     home.ok(&["machine", "start", "-n", "box"]);
-    let seen = home.ok(&[
-        "machine",
-        "exec",
-        "-n",
+    let seen = home.sh(
         "box",
-        "--",
-        "sh",
-        "-c",
         "tool x; cat /etc/motd /workspace/data /workspace/c3; wc -l < /var/boots; \
          df -k /workspace | tail -1 | awk '{print $2}'",
-    ]);
+    );
     let lines: Vec<&str> = seen.lines().collect();
     assert_eq!(
         lines[..5],
@@ -299,16 +284,7 @@ fn image_and_pack_machines_persist_changes_over_their_read_only_root() {
     home.ok(&by_ref);
     drop(reg);
     home.ok(&["machine", "start", "-n", "pulled"]);
-    let out = home.ok(&[
-        "machine",
-        "exec",
-        "-n",
-        "pulled",
-        "--",
-        "sh",
-        "-c",
-        "echo $GREETING",
-    ]);
+    let out = home.sh("pulled", "echo $GREETING");
     assert_eq!(out, "hello\n");
     home.ok(&["machine", "delete", "-f", "pulled"]);
     let mut from = vec![
@@ -328,16 +304,7 @@ fn image_and_pack_machines_persist_changes_over_their_read_only_root() {
         "{status}"
     );
     home.ok(&["machine", "start", "-n", "packed"]);
-    let out = home.ok(&[
-        "machine",
-        "exec",
-        "-n",
-        "packed",
-        "--",
-        "sh",
-        "-c",
-        "echo $GREETING; hostname",
-    ]);
+    let out = home.sh("packed", "echo $GREETING; hostname");
     assert_eq!(out, "hello\npacked\n");
     home.ok(&["machine", "delete", "-f", "packed"]);
 }
@@ -538,16 +505,7 @@ fn cp_and_volumes_move_files_through_a_machine_and_an_interrupted_copy_changes_n
     home.ok(&create);
     home.ok(&["machine", "start", "-n", "cpbox"]);
     // Volumes: live both ways, read-only enforced.
-    home.ok(&[
-        "machine",
-        "exec",
-        "-n",
-        "cpbox",
-        "--",
-        "sh",
-        "-c",
-        "echo from-guest > /shared/g",
-    ]);
+    home.sh("cpbox", "echo from-guest > /shared/g");
     assert_eq!(
         std::fs::read_to_string(shared.join("g")).unwrap(),
         "from-guest\n"
@@ -595,16 +553,10 @@ fn cp_and_volumes_move_files_through_a_machine_and_an_interrupted_copy_changes_n
         big.to_str().unwrap(),
         "cpbox:/workspace/big.bin",
     ]);
-    let inside = home.ok(&[
-        "machine",
-        "exec",
-        "-n",
+    let inside = home.sh(
         "cpbox",
-        "--",
-        "sh",
-        "-c",
         "sha256sum /workspace/big.bin | cut -d' ' -f1; stat -c %a /workspace/big.bin",
-    ]);
+    );
     let want = hex(&data);
     assert_eq!(inside, format!("{want}\n640\n"));
     let back = host.join("back.bin");
@@ -652,16 +604,7 @@ fn cp_and_volumes_move_files_through_a_machine_and_an_interrupted_copy_changes_n
 
     // A copy killed mid-way (SIGKILL: no chance to clean up) leaves the old destination and
     // no staging file in the machine: the supervisor cancels it for the vanished client.
-    home.ok(&[
-        "machine",
-        "exec",
-        "-n",
-        "cpbox",
-        "--",
-        "sh",
-        "-c",
-        "echo old > /workspace/dst",
-    ]);
+    home.sh("cpbox", "echo old > /workspace/dst");
     let mut child = home
         .smolvm()
         .args([

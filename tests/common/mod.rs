@@ -139,6 +139,11 @@ impl Home {
     }
 
     /// `machine run` with small resources and `args`.
+    /// `machine exec -n machine -- sh -c script`, which must succeed; its stdout.
+    pub fn sh(&self, machine: &str, script: &str) -> String {
+        self.ok(&["machine", "exec", "-n", machine, "--", "sh", "-c", script])
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.smolvm()
             .args(["machine", "run", "--cpus", "1", "--mem", "512"])
